@@ -1,0 +1,14 @@
+//! Portcullis configuration: one TOML file, typed, validated with errors that name the file,
+//! line and key, and swapped whole on reload.
+
+mod error;
+mod load;
+mod locate;
+mod model;
+mod reload;
+mod validate;
+
+pub use error::{ConfigError, Problem};
+pub use load::{load_file, parse_str};
+pub use model::*;
+pub use reload::ConfigHandle;

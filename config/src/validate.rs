@@ -1,0 +1,222 @@
+//! What a well-typed config must also satisfy. Each rule returns the key it concerns and a
+//! message that says what is wrong and, where it helps, what would be right.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::locate::KeyPath;
+use crate::model::{Config, Criterion, GatewayConfig, RouteConfig};
+
+type Problems = Vec<(KeyPath, String)>;
+
+/// Longest clock skew we let an operator configure: more would make "expired" meaningless.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
+/// An assertion is a bearer token; it must not outlive a few minutes.
+const MAX_ASSERTION_TTL: Duration = Duration::from_secs(300);
+
+pub(crate) fn validate(config: &Config) -> Problems {
+    let mut out = Problems::new();
+    let root = KeyPath::default();
+
+    let trust = root.key("trust");
+    if !is_dns_name(&config.trust.trust_domain) {
+        out.push((
+            trust.key("trust_domain"),
+            format!("`{}` is not a DNS-style trust domain", config.trust.trust_domain),
+        ));
+    }
+    for (i, p) in config.trust.roots.iter().enumerate() {
+        check_file(&mut out, trust.key("roots").index(i), p);
+    }
+    if config.trust.clock_skew > MAX_CLOCK_SKEW {
+        out.push((trust.key("clock_skew"), format!("at most {}s", MAX_CLOCK_SKEW.as_secs())));
+    }
+    if config.trust.max_lifetime.is_zero() {
+        out.push((trust.key("max_lifetime"), "must be longer than zero".into()));
+    }
+    if let Some(f) = &config.inventory.file {
+        check_file(&mut out, root.key("inventory").key("file"), f);
+    }
+    if config.log.level.trim().is_empty() {
+        out.push((root.key("log").key("level"), "must not be empty (e.g. `info`)".into()));
+    }
+    if config.audit.sink.trim().is_empty() {
+        out.push((root.key("audit").key("sink"), "must be stdout, stderr, off or a file path".into()));
+    }
+    if let Some(gw) = &config.gateway {
+        if config.trust.roots.is_empty() {
+            out.push((
+                trust.key("roots"),
+                "the gateway is enabled but no trust roots are configured: no device could connect".into(),
+            ));
+        }
+        validate_gateway(&mut out, &root.key("gateway"), gw);
+    }
+    out
+}
+
+fn validate_gateway(out: &mut Problems, at: &KeyPath, gw: &GatewayConfig) {
+    check_file(out, at.key("cert"), &gw.cert);
+    check_file(out, at.key("key"), &gw.key);
+    let limits = at.key("limits");
+    for (key, d) in [
+        ("header_read_timeout", gw.limits.header_read_timeout),
+        ("idle_timeout", gw.limits.idle_timeout),
+        ("handshake_timeout", gw.limits.handshake_timeout),
+        ("upstream_timeout", gw.limits.upstream_timeout),
+    ] {
+        if d.is_zero() {
+            out.push((limits.key(key), "must be longer than zero".into()));
+        }
+    }
+    if gw.limits.max_header_bytes < 1024 {
+        out.push((limits.key("max_header_bytes"), "at least 1024".into()));
+    }
+    if gw.limits.max_concurrent_streams == 0 {
+        out.push((limits.key("max_concurrent_streams"), "at least 1".into()));
+    }
+    let assertion = at.key("assertion");
+    if gw.assertion.ttl > MAX_ASSERTION_TTL || gw.assertion.ttl < Duration::from_secs(10) {
+        out.push((assertion.key("ttl"), "between 10s and 5m".into()));
+    }
+    if gw.assertion.issuer.trim().is_empty() {
+        out.push((assertion.key("issuer"), "must not be empty".into()));
+    }
+    if gw.routes.is_empty() {
+        out.push((at.key("routes"), "the gateway has no routes: every request would be refused".into()));
+    }
+    let mut seen_names = HashSet::new();
+    let mut seen_matches = HashSet::new();
+    for (i, route) in gw.routes.iter().enumerate() {
+        let at = at.key("routes").index(i);
+        validate_route(out, &at, route);
+        if let Some(name) = &route.name {
+            if !seen_names.insert(name.as_str()) {
+                out.push((at.key("name"), format!("`{name}` names another route already")));
+            }
+        }
+        if !seen_matches.insert((route.from.to_ascii_lowercase(), route.path_prefix.as_str())) {
+            out.push((
+                at.key("path_prefix"),
+                format!("another route already serves `{}` with prefix `{}`", route.from, route.path_prefix),
+            ));
+        }
+    }
+}
+
+fn validate_route(out: &mut Problems, at: &KeyPath, route: &RouteConfig) {
+    let host = route.from.strip_prefix("*.").unwrap_or(&route.from);
+    if route.from != "*" && !is_dns_name(host) {
+        out.push((at.key("from"), format!("`{}` is not a host name, `*` or `*.domain`", route.from)));
+    }
+    if !route.path_prefix.starts_with('/') {
+        out.push((at.key("path_prefix"), format!("`{}` must start with `/`", route.path_prefix)));
+    }
+    match upstream_scheme(&route.to) {
+        Err(why) => out.push((at.key("to"), format!("`{}` {why}", route.to))),
+        Ok("http") => {
+            for (key, p) in [("upstream_ca", &route.upstream_ca), ("upstream_cert", &route.upstream_cert)] {
+                if p.is_some() {
+                    out.push((at.key(key), "only applies to an https:// upstream".into()));
+                }
+            }
+        }
+        Ok(_) => {}
+    }
+    if route.upstream_cert.is_some() != route.upstream_key.is_some() {
+        out.push((at.key("upstream_key"), "upstream_cert and upstream_key go together".into()));
+    }
+    for (key, p) in [
+        ("upstream_ca", &route.upstream_ca),
+        ("upstream_cert", &route.upstream_cert),
+        ("upstream_key", &route.upstream_key),
+    ] {
+        if let Some(p) = p {
+            check_file(out, at.key(key), p);
+        }
+    }
+    for (key, rules) in [("allow", &route.allow), ("deny", &route.deny)] {
+        for (i, c) in rules.iter().enumerate() {
+            validate_criterion(out, &at.key(key).index(i), c);
+        }
+    }
+}
+
+/// The shape rules of a criterion; what it means is the policy crate's.
+fn validate_criterion(out: &mut Problems, at: &KeyPath, c: &Criterion) {
+    match c {
+        Criterion::And(list) | Criterion::Or(list) => {
+            let key = if matches!(c, Criterion::And(_)) { "and" } else { "or" };
+            if list.is_empty() {
+                out.push((at.key(key), "an empty list matches nothing useful; remove it or add criteria".into()));
+            }
+            for (i, inner) in list.iter().enumerate() {
+                validate_criterion(out, &at.key(key).index(i), inner);
+            }
+        }
+        Criterion::Not(inner) => validate_criterion(out, &at.key("not"), inner),
+        Criterion::Fingerprint(f) => {
+            let hex: String = f.chars().filter(|&ch| ch != ':').collect();
+            if hex.len() != 64 || !hex.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                out.push((at.key("fingerprint"), format!("`{f}` is not a SHA-256 fingerprint (64 hex digits)")));
+            }
+        }
+        Criterion::PathPrefix(p) if !p.starts_with('/') => {
+            out.push((at.key("path_prefix"), format!("`{p}` must start with `/`")));
+        }
+        Criterion::Path(p) if p.is_empty() => out.push((at.key("path"), "empty glob".into())),
+        Criterion::Method(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            out.push((at.key("method"), format!("`{m}` is not an HTTP method")));
+        }
+        Criterion::DeviceId(s) | Criterion::Tag(s) | Criterion::Platform(s) | Criterion::Attestation(s)
+        | Criterion::San(s)
+            if s.is_empty() =>
+        {
+            out.push((at.clone(), "empty value matches nothing".into()));
+        }
+        _ => {}
+    }
+}
+
+/// `http` or `https` for a usable upstream base URL, or why not.
+fn upstream_scheme(url: &str) -> Result<&'static str, &'static str> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        ("http", rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest)
+    } else {
+        return Err("is not an http(s) URL");
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') {
+        return Err("must not carry credentials");
+    }
+    if rest.contains('?') || rest.contains('#') {
+        return Err("must not have a query or fragment");
+    }
+    Ok(scheme)
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn check_file(out: &mut Problems, at: KeyPath, path: &Path) {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => out.push((at, format!("`{}` is not a file", path.display()))),
+        Err(e) => out.push((at, format!("`{}`: {e}", path.display()))),
+    }
+}

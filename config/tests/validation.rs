@@ -1,0 +1,212 @@
+//! Every validation rule, and that errors point at the file, line and key an operator must edit.
+
+use std::path::{Path, PathBuf};
+
+use portcullis_config::{parse_str, ClientAuth, ConfigHandle, Criterion, IdentityHeader};
+
+/// A directory with the files a gateway config refers to.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["roots.pem", "gw.pem", "gw.key", "inventory.toml", "upstream-ca.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        Self { dir }
+    }
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+    fn parse(&self, text: &str) -> Result<portcullis_config::Config, portcullis_config::ConfigError> {
+        parse_str(text, &self.file())
+    }
+    /// The problems as `line: key: message` strings (file name left out).
+    fn problems(&self, text: &str) -> Vec<String> {
+        let err = self.parse(text).expect_err("config should be refused");
+        err.problems
+            .iter()
+            .map(|p| format!("{}: {}: {}", p.line.map(|l| l.to_string()).unwrap_or("-".into()), p.key, p.message))
+            .collect()
+    }
+}
+
+const GOOD: &str = r#"
+[trust]
+roots = ["roots.pem"]
+
+[inventory]
+file = "inventory.toml"
+
+[gateway]
+listen = "127.0.0.1:8443"
+cert = "gw.pem"
+key = "gw.key"
+
+[[gateway.routes]]
+name = "app"
+from = "app.example.com"
+to = "http://127.0.0.1:9000"
+allow = [ { and = [ { tag = "eng" }, { not = { platform = "linux" } } ] } ]
+"#;
+
+#[test]
+fn a_good_config_loads_with_defaults_and_resolved_paths() {
+    let fx = Fixture::new();
+    let cfg = fx.parse(GOOD).unwrap();
+    assert_eq!(cfg.trust.roots, vec![fx.dir.path().join("roots.pem")]);
+    assert_eq!(cfg.trust.trust_domain, "portcullis.local");
+    let gw = cfg.gateway.unwrap();
+    assert_eq!(gw.client_auth, ClientAuth::Required);
+    assert_eq!(gw.cert, fx.dir.path().join("gw.pem"));
+    let route = &gw.routes[0];
+    assert_eq!(route.path_prefix, "/");
+    assert_eq!(route.identity_headers, vec![IdentityHeader::Plain, IdentityHeader::Assertion]);
+    assert_eq!(
+        route.allow,
+        vec![Criterion::And(vec![
+            Criterion::Tag("eng".into()),
+            Criterion::Not(Box::new(Criterion::Platform("linux".into())))
+        ])]
+    );
+}
+
+#[test]
+fn a_bad_upstream_url_names_file_line_and_key() {
+    let fx = Fixture::new();
+    let text = GOOD.replace("http://127.0.0.1:9000", "htp://x");
+    let err = fx.parse(&text).unwrap_err();
+    let shown = err.to_string();
+    let file = fx.file();
+    assert_eq!(shown, format!("{}:16: gateway.routes[0].to: `htp://x` is not an http(s) URL", file.display()));
+}
+
+#[test]
+fn syntax_and_type_errors_carry_a_line() {
+    let fx = Fixture::new();
+    assert_eq!(fx.problems("[trust]\nclock_skew = 30\n").len(), 1);
+    let p = &fx.problems("[trust]\nclock_skew = 30\n")[0];
+    assert!(p.starts_with("2: "), "{p}");
+    let p = &fx.problems("[trust]\nclock_skew = \"thirty\"\n")[0];
+    assert!(p.starts_with("2: ") && p.contains("thirty"), "{p}");
+    let p = &fx.problems("[gateway\n")[0];
+    assert!(p.starts_with("1: "), "{p}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let fx = Fixture::new();
+    let p = &fx.problems("[trust]\nroot = [\"roots.pem\"]\n")[0];
+    assert!(p.starts_with("2: ") && p.contains("unknown field `root`"), "{p}");
+    let p = &fx.problems(&GOOD.replace("{ tag = \"eng\" }", "{ tags = \"eng\" }"))[0];
+    assert!(p.contains("unknown variant `tags`"), "{p}");
+}
+
+#[test]
+fn each_semantic_rule_is_checked() {
+    let fx = Fixture::new();
+    let cases: &[(&str, &str, &str)] = &[
+        ("roots = [\"roots.pem\"]", "roots = [\"missing.pem\"]", "trust.roots[0]: `"),
+        ("roots = [\"roots.pem\"]", "roots = []", "trust.roots: the gateway is enabled but no trust roots"),
+        ("[trust]\n", "[trust]\nclock_skew = \"11m\"\n", "trust.clock_skew: at most 600s"),
+        ("[trust]\n", "[trust]\nmax_lifetime = \"0s\"\n", "trust.max_lifetime: must be longer than zero"),
+        ("[trust]\n", "[trust]\ntrust_domain = \"bad domain\"\n", "trust.trust_domain: `bad domain`"),
+        ("file = \"inventory.toml\"", "file = \"nope.toml\"", "inventory.file: `"),
+        ("cert = \"gw.pem\"", "cert = \"gw-missing.pem\"", "gateway.cert: `"),
+        ("from = \"app.example.com\"", "from = \"app example\"", "gateway.routes[0].from: `app example` is not a host name"),
+        ("to = \"http://127.0.0.1:9000\"", "to = \"http://\"", "gateway.routes[0].to: `http://` has no host"),
+        ("to = \"http://127.0.0.1:9000\"", "to = \"http://u:p@h\"", "must not carry credentials"),
+        ("to = \"http://127.0.0.1:9000\"", "to = \"http://h/?q\"", "must not have a query"),
+        (
+            "to = \"http://127.0.0.1:9000\"",
+            "to = \"http://h\"\nupstream_ca = \"upstream-ca.pem\"",
+            "gateway.routes[0].upstream_ca: only applies to an https:// upstream",
+        ),
+        (
+            "to = \"http://127.0.0.1:9000\"",
+            "to = \"https://h\"\nupstream_cert = \"gw.pem\"",
+            "gateway.routes[0].upstream_key: upstream_cert and upstream_key go together",
+        ),
+        ("name = \"app\"", "name = \"app\"\npath_prefix = \"api\"", "gateway.routes[0].path_prefix: `api` must start with `/`"),
+        ("{ tag = \"eng\" }", "{ fingerprint = \"abc\" }", "gateway.routes[0].allow[0].and[0].fingerprint: `abc` is not a SHA-256"),
+        ("{ tag = \"eng\" }", "{ or = [] }", "gateway.routes[0].allow[0].and[0].or: an empty list"),
+        ("{ platform = \"linux\" }", "{ path_prefix = \"x\" }", "allow[0].and[1].not.path_prefix: `x` must start with `/`"),
+        ("{ tag = \"eng\" }", "{ method = \"G T\" }", "`G T` is not an HTTP method"),
+        ("", "[gateway.assertion]\nttl = \"10m\"\n", "gateway.assertion.ttl: between 10s and 5m"),
+        ("", "[gateway.limits]\nmax_header_bytes = 10\n", "gateway.limits.max_header_bytes: at least 1024"),
+        ("", "[gateway.limits]\nidle_timeout = \"0s\"\n", "gateway.limits.idle_timeout: must be longer"),
+    ];
+    for (from, to, expect) in cases {
+        // An empty `from` appends `to` as a new table at the end.
+        let text = if from.is_empty() {
+            format!("{GOOD}\n{to}")
+        } else {
+            assert!(GOOD.contains(from), "fixture lacks {from}");
+            GOOD.replacen(from, to, 1)
+        };
+        let problems = fx.problems(&text);
+        assert!(problems.iter().any(|p| p.contains(expect)), "{to:?}: expected {expect:?} in {problems:#?}");
+    }
+}
+
+#[test]
+fn validation_problems_point_at_their_line() {
+    let fx = Fixture::new();
+    let text = GOOD.replace("{ tag = \"eng\" }", "{ fingerprint = \"abc\" }");
+    let line = text.lines().position(|l| l.contains("fingerprint")).unwrap() + 1;
+    let p = &fx.problems(&text)[0];
+    assert!(p.starts_with(&format!("{line}: ")), "{p}");
+    let text = GOOD.replace("roots = [\"roots.pem\"]", "roots = [\"a.pem\",\n  \"b.pem\"]");
+    let problems = fx.problems(&text);
+    assert!(problems[0].starts_with("3: trust.roots[0]"), "{problems:?}");
+    assert!(problems[1].starts_with("4: trust.roots[1]"), "{problems:?}");
+}
+
+#[test]
+fn duplicate_routes_are_refused() {
+    let fx = Fixture::new();
+    let text = format!("{GOOD}\n[[gateway.routes]]\nname = \"app\"\nfrom = \"APP.example.com\"\nto = \"http://h\"\n");
+    let problems = fx.problems(&text);
+    assert!(problems.iter().any(|p| p.contains("gateway.routes[1].name: `app` names another route")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("gateway.routes[1].path_prefix: another route already serves")));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let fx = Fixture::new();
+    let text = GOOD.replace("gw.pem", "x1.pem").replace("gw.key", "x2.key");
+    assert_eq!(fx.problems(&text).len(), 2);
+}
+
+#[test]
+fn reload_keeps_the_old_config_when_the_new_one_is_bad() {
+    let fx = Fixture::new();
+    let path = fx.file();
+    std::fs::write(&path, GOOD).unwrap();
+    let handle = ConfigHandle::load(&path).unwrap();
+    assert_eq!(handle.generation(), 1);
+    std::fs::write(&path, GOOD.replace("http://127.0.0.1:9000", "ftp://x")).unwrap();
+    let err = handle.reload().unwrap_err();
+    assert!(err.to_string().contains("gateway.routes[0].to"));
+    assert_eq!(handle.current().gateway.as_ref().unwrap().routes[0].to, "http://127.0.0.1:9000");
+    assert_eq!(handle.generation(), 1);
+    std::fs::write(&path, GOOD.replace("http://127.0.0.1:9000", "https://app.internal")).unwrap();
+    handle.reload().unwrap();
+    assert_eq!(handle.current().gateway.as_ref().unwrap().routes[0].to, "https://app.internal");
+    assert_eq!(handle.generation(), 2);
+}
+
+#[test]
+fn an_unreadable_file_is_a_clear_error() {
+    let err = portcullis_config::load_file(Path::new("/nonexistent/portcullis.toml")).unwrap_err();
+    assert!(err.to_string().starts_with("/nonexistent/portcullis.toml: cannot read:"), "{err}");
+}
+
+#[test]
+fn an_empty_file_is_a_valid_config_without_components() {
+    let fx = Fixture::new();
+    let cfg = fx.parse("").unwrap();
+    assert!(cfg.gateway.is_none());
+}
