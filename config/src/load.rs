@@ -13,14 +13,21 @@ use crate::validate::validate;
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
-        problems: vec![Problem { key: String::new(), line: None, message: format!("cannot read: {e}") }],
+        problems: vec![Problem {
+            key: String::new(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }],
     })?;
     parse_str(&text, path)
 }
 
 /// Parses and validates config text as if it had been read from `file`.
 pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let refuse = |problems| ConfigError { file: file.to_path_buf(), problems };
+    let refuse = |problems| ConfigError {
+        file: file.to_path_buf(),
+        problems,
+    };
     let mut config: Config = toml::from_str(text).map_err(|e| {
         refuse(vec![Problem {
             key: String::new(),
@@ -32,7 +39,11 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
     resolve_paths(&mut config, &base);
     let problems: Vec<Problem> = validate(&config)
         .into_iter()
-        .map(|(path, message)| Problem { line: line_of(text, &path), key: path.to_string(), message })
+        .map(|(path, message)| Problem {
+            line: line_of(text, &path),
+            key: path.to_string(),
+            message,
+        })
         .collect();
     if problems.is_empty() {
         Ok(config)
@@ -44,7 +55,11 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
 /// 1-based line number of a byte offset.
 pub(crate) fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn resolve_paths(config: &mut Config, base: &Path) {
@@ -69,7 +84,14 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             fix(d);
         }
         for route in &mut gw.routes {
-            for p in [&mut route.upstream_ca, &mut route.upstream_cert, &mut route.upstream_key].into_iter().flatten() {
+            for p in [
+                &mut route.upstream_ca,
+                &mut route.upstream_cert,
+                &mut route.upstream_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 fix(p);
             }
         }

@@ -52,7 +52,9 @@ pub(crate) fn line_of(text: &str, path: &KeyPath) -> Option<usize> {
     let mut node = Node::Item(doc.as_item());
     let mut best = None;
     for seg in &path.0 {
-        let Some((next, span)) = child(node, seg) else { break };
+        let Some((next, span)) = child(node, seg) else {
+            break;
+        };
         best = span.or(best);
         node = next;
     }
@@ -69,18 +71,24 @@ enum Node<'a> {
 
 fn child<'a>(node: Node<'a>, seg: &Seg) -> Option<(Node<'a>, Option<Range<usize>>)> {
     match (node, seg) {
-        (Node::Table(t), Seg::Key(k)) => t.get_key_value(k).map(|(key, it)| (Node::Item(it), key.span())),
-        (Node::Item(it), Seg::Key(k)) => {
-            it.as_table_like()?.get_key_value(k).map(|(key, it)| (Node::Item(it), key.span()))
-        }
-        (Node::Value(v), Seg::Key(k)) => {
-            v.as_inline_table()?.get_key_value(k).map(|(key, it)| (Node::Item(it), key.span()))
-        }
+        (Node::Table(t), Seg::Key(k)) => t
+            .get_key_value(k)
+            .map(|(key, it)| (Node::Item(it), key.span())),
+        (Node::Item(it), Seg::Key(k)) => it
+            .as_table_like()?
+            .get_key_value(k)
+            .map(|(key, it)| (Node::Item(it), key.span())),
+        (Node::Value(v), Seg::Key(k)) => v
+            .as_inline_table()?
+            .get_key_value(k)
+            .map(|(key, it)| (Node::Item(it), key.span())),
         (Node::Item(it), Seg::Index(n)) => match it.as_array_of_tables() {
             Some(tables) => tables.get(*n).map(|t| (Node::Table(t), t.span())),
             None => it.as_array()?.get(*n).map(|v| (Node::Value(v), v.span())),
         },
-        (Node::Value(v), Seg::Index(n)) => v.as_array()?.get(*n).map(|v| (Node::Value(v), v.span())),
+        (Node::Value(v), Seg::Index(n)) => {
+            v.as_array()?.get(*n).map(|v| (Node::Value(v), v.span()))
+        }
         (Node::Table(_), Seg::Index(_)) => None,
     }
 }

@@ -97,7 +97,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::default(), level: default_log_level() }
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -116,7 +119,9 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { sink: default_audit_sink() }
+        Self {
+            sink: default_audit_sink(),
+        }
     }
 }
 
@@ -135,7 +140,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self {
+            listen: default_admin_listen(),
+        }
     }
 }
 
@@ -252,7 +259,11 @@ pub struct AssertionConfig {
 
 impl Default for AssertionConfig {
     fn default() -> Self {
-        Self { issuer: default_assertion_issuer(), ttl: default_assertion_ttl(), key_dir: None }
+        Self {
+            issuer: default_assertion_issuer(),
+            ttl: default_assertion_ttl(),
+            key_dir: None,
+        }
     }
 }
 
@@ -351,7 +362,9 @@ impl std::str::FromStr for DeviceStatus {
             "active" => Ok(DeviceStatus::Active),
             "quarantined" => Ok(DeviceStatus::Quarantined),
             "retired" => Ok(DeviceStatus::Retired),
-            other => Err(format!("`{other}` is not a device status (active, quarantined, retired)")),
+            other => Err(format!(
+                "`{other}` is not a device status (active, quarantined, retired)"
+            )),
         }
     }
 }

@@ -21,7 +21,11 @@ impl ConfigHandle {
     /// Loads `path`; fails if the file is not a valid config.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config = load_file(path)?;
-        Ok(Self { path: path.to_path_buf(), current: ArcSwap::from_pointee(config), generation: AtomicU64::new(1) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(config),
+            generation: AtomicU64::new(1),
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -23,14 +23,20 @@ pub(crate) fn validate(config: &Config) -> Problems {
     if !is_dns_name(&config.trust.trust_domain) {
         out.push((
             trust.key("trust_domain"),
-            format!("`{}` is not a DNS-style trust domain", config.trust.trust_domain),
+            format!(
+                "`{}` is not a DNS-style trust domain",
+                config.trust.trust_domain
+            ),
         ));
     }
     for (i, p) in config.trust.roots.iter().enumerate() {
         check_file(&mut out, trust.key("roots").index(i), p);
     }
     if config.trust.clock_skew > MAX_CLOCK_SKEW {
-        out.push((trust.key("clock_skew"), format!("at most {}s", MAX_CLOCK_SKEW.as_secs())));
+        out.push((
+            trust.key("clock_skew"),
+            format!("at most {}s", MAX_CLOCK_SKEW.as_secs()),
+        ));
     }
     if config.trust.max_lifetime.is_zero() {
         out.push((trust.key("max_lifetime"), "must be longer than zero".into()));
@@ -39,16 +45,23 @@ pub(crate) fn validate(config: &Config) -> Problems {
         check_file(&mut out, root.key("inventory").key("file"), f);
     }
     if config.log.level.trim().is_empty() {
-        out.push((root.key("log").key("level"), "must not be empty (e.g. `info`)".into()));
+        out.push((
+            root.key("log").key("level"),
+            "must not be empty (e.g. `info`)".into(),
+        ));
     }
     if config.audit.sink.trim().is_empty() {
-        out.push((root.key("audit").key("sink"), "must be stdout, stderr, off or a file path".into()));
+        out.push((
+            root.key("audit").key("sink"),
+            "must be stdout, stderr, off or a file path".into(),
+        ));
     }
     if let Some(gw) = &config.gateway {
         if config.trust.roots.is_empty() {
             out.push((
                 trust.key("roots"),
-                "the gateway is enabled but no trust roots are configured: no device could connect".into(),
+                "the gateway is enabled but no trust roots are configured: no device could connect"
+                    .into(),
             ));
         }
         validate_gateway(&mut out, &root.key("gateway"), gw);
@@ -84,7 +97,10 @@ fn validate_gateway(out: &mut Problems, at: &KeyPath, gw: &GatewayConfig) {
         out.push((assertion.key("issuer"), "must not be empty".into()));
     }
     if gw.routes.is_empty() {
-        out.push((at.key("routes"), "the gateway has no routes: every request would be refused".into()));
+        out.push((
+            at.key("routes"),
+            "the gateway has no routes: every request would be refused".into(),
+        ));
     }
     let mut seen_names = HashSet::new();
     let mut seen_matches = HashSet::new();
@@ -93,13 +109,19 @@ fn validate_gateway(out: &mut Problems, at: &KeyPath, gw: &GatewayConfig) {
         validate_route(out, &at, route);
         if let Some(name) = &route.name {
             if !seen_names.insert(name.as_str()) {
-                out.push((at.key("name"), format!("`{name}` names another route already")));
+                out.push((
+                    at.key("name"),
+                    format!("`{name}` names another route already"),
+                ));
             }
         }
         if !seen_matches.insert((route.from.to_ascii_lowercase(), route.path_prefix.as_str())) {
             out.push((
                 at.key("path_prefix"),
-                format!("another route already serves `{}` with prefix `{}`", route.from, route.path_prefix),
+                format!(
+                    "another route already serves `{}` with prefix `{}`",
+                    route.from, route.path_prefix
+                ),
             ));
         }
     }
@@ -108,15 +130,24 @@ fn validate_gateway(out: &mut Problems, at: &KeyPath, gw: &GatewayConfig) {
 fn validate_route(out: &mut Problems, at: &KeyPath, route: &RouteConfig) {
     let host = route.from.strip_prefix("*.").unwrap_or(&route.from);
     if route.from != "*" && !is_dns_name(host) {
-        out.push((at.key("from"), format!("`{}` is not a host name, `*` or `*.domain`", route.from)));
+        out.push((
+            at.key("from"),
+            format!("`{}` is not a host name, `*` or `*.domain`", route.from),
+        ));
     }
     if !route.path_prefix.starts_with('/') {
-        out.push((at.key("path_prefix"), format!("`{}` must start with `/`", route.path_prefix)));
+        out.push((
+            at.key("path_prefix"),
+            format!("`{}` must start with `/`", route.path_prefix),
+        ));
     }
     match upstream_scheme(&route.to) {
         Err(why) => out.push((at.key("to"), format!("`{}` {why}", route.to))),
         Ok("http") => {
-            for (key, p) in [("upstream_ca", &route.upstream_ca), ("upstream_cert", &route.upstream_cert)] {
+            for (key, p) in [
+                ("upstream_ca", &route.upstream_ca),
+                ("upstream_cert", &route.upstream_cert),
+            ] {
                 if p.is_some() {
                     out.push((at.key(key), "only applies to an https:// upstream".into()));
                 }
@@ -125,7 +156,10 @@ fn validate_route(out: &mut Problems, at: &KeyPath, route: &RouteConfig) {
         Ok(_) => {}
     }
     if route.upstream_cert.is_some() != route.upstream_key.is_some() {
-        out.push((at.key("upstream_key"), "upstream_cert and upstream_key go together".into()));
+        out.push((
+            at.key("upstream_key"),
+            "upstream_cert and upstream_key go together".into(),
+        ));
     }
     for (key, p) in [
         ("upstream_ca", &route.upstream_ca),
@@ -147,9 +181,16 @@ fn validate_route(out: &mut Problems, at: &KeyPath, route: &RouteConfig) {
 fn validate_criterion(out: &mut Problems, at: &KeyPath, c: &Criterion) {
     match c {
         Criterion::And(list) | Criterion::Or(list) => {
-            let key = if matches!(c, Criterion::And(_)) { "and" } else { "or" };
+            let key = if matches!(c, Criterion::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
             if list.is_empty() {
-                out.push((at.key(key), "an empty list matches nothing useful; remove it or add criteria".into()));
+                out.push((
+                    at.key(key),
+                    "an empty list matches nothing useful; remove it or add criteria".into(),
+                ));
             }
             for (i, inner) in list.iter().enumerate() {
                 validate_criterion(out, &at.key(key).index(i), inner);
@@ -159,7 +200,10 @@ fn validate_criterion(out: &mut Problems, at: &KeyPath, c: &Criterion) {
         Criterion::Fingerprint(f) => {
             let hex: String = f.chars().filter(|&ch| ch != ':').collect();
             if hex.len() != 64 || !hex.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                out.push((at.key("fingerprint"), format!("`{f}` is not a SHA-256 fingerprint (64 hex digits)")));
+                out.push((
+                    at.key("fingerprint"),
+                    format!("`{f}` is not a SHA-256 fingerprint (64 hex digits)"),
+                ));
             }
         }
         Criterion::PathPrefix(p) if !p.starts_with('/') => {
@@ -169,7 +213,10 @@ fn validate_criterion(out: &mut Problems, at: &KeyPath, c: &Criterion) {
         Criterion::Method(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) => {
             out.push((at.key("method"), format!("`{m}` is not an HTTP method")));
         }
-        Criterion::DeviceId(s) | Criterion::Tag(s) | Criterion::Platform(s) | Criterion::Attestation(s)
+        Criterion::DeviceId(s)
+        | Criterion::Tag(s)
+        | Criterion::Platform(s)
+        | Criterion::Attestation(s)
         | Criterion::San(s)
             if s.is_empty() =>
         {
@@ -207,7 +254,9 @@ fn is_dns_name(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

@@ -12,7 +12,13 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["roots.pem", "gw.pem", "gw.key", "inventory.toml", "upstream-ca.pem"] {
+        for f in [
+            "roots.pem",
+            "gw.pem",
+            "gw.key",
+            "inventory.toml",
+            "upstream-ca.pem",
+        ] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
         Self { dir }
@@ -20,7 +26,10 @@ impl Fixture {
     fn file(&self) -> PathBuf {
         self.dir.path().join("portcullis.toml")
     }
-    fn parse(&self, text: &str) -> Result<portcullis_config::Config, portcullis_config::ConfigError> {
+    fn parse(
+        &self,
+        text: &str,
+    ) -> Result<portcullis_config::Config, portcullis_config::ConfigError> {
         parse_str(text, &self.file())
     }
     /// The problems as `line: key: message` strings (file name left out).
@@ -28,7 +37,14 @@ impl Fixture {
         let err = self.parse(text).expect_err("config should be refused");
         err.problems
             .iter()
-            .map(|p| format!("{}: {}: {}", p.line.map(|l| l.to_string()).unwrap_or("-".into()), p.key, p.message))
+            .map(|p| {
+                format!(
+                    "{}: {}: {}",
+                    p.line.map(|l| l.to_string()).unwrap_or("-".into()),
+                    p.key,
+                    p.message
+                )
+            })
             .collect()
     }
 }
@@ -63,7 +79,10 @@ fn a_good_config_loads_with_defaults_and_resolved_paths() {
     assert_eq!(gw.cert, fx.dir.path().join("gw.pem"));
     let route = &gw.routes[0];
     assert_eq!(route.path_prefix, "/");
-    assert_eq!(route.identity_headers, vec![IdentityHeader::Plain, IdentityHeader::Assertion]);
+    assert_eq!(
+        route.identity_headers,
+        vec![IdentityHeader::Plain, IdentityHeader::Assertion]
+    );
     assert_eq!(
         route.allow,
         vec![Criterion::And(vec![
@@ -80,7 +99,13 @@ fn a_bad_upstream_url_names_file_line_and_key() {
     let err = fx.parse(&text).unwrap_err();
     let shown = err.to_string();
     let file = fx.file();
-    assert_eq!(shown, format!("{}:16: gateway.routes[0].to: `htp://x` is not an http(s) URL", file.display()));
+    assert_eq!(
+        shown,
+        format!(
+            "{}:16: gateway.routes[0].to: `htp://x` is not an http(s) URL",
+            file.display()
+        )
+    );
 }
 
 #[test]
@@ -99,7 +124,10 @@ fn syntax_and_type_errors_carry_a_line() {
 fn unknown_keys_are_refused() {
     let fx = Fixture::new();
     let p = &fx.problems("[trust]\nroot = [\"roots.pem\"]\n")[0];
-    assert!(p.starts_with("2: ") && p.contains("unknown field `root`"), "{p}");
+    assert!(
+        p.starts_with("2: ") && p.contains("unknown field `root`"),
+        "{p}"
+    );
     let p = &fx.problems(&GOOD.replace("{ tag = \"eng\" }", "{ tags = \"eng\" }"))[0];
     assert!(p.contains("unknown variant `tags`"), "{p}");
 }
@@ -108,17 +136,61 @@ fn unknown_keys_are_refused() {
 fn each_semantic_rule_is_checked() {
     let fx = Fixture::new();
     let cases: &[(&str, &str, &str)] = &[
-        ("roots = [\"roots.pem\"]", "roots = [\"missing.pem\"]", "trust.roots[0]: `"),
-        ("roots = [\"roots.pem\"]", "roots = []", "trust.roots: the gateway is enabled but no trust roots"),
-        ("[trust]\n", "[trust]\nclock_skew = \"11m\"\n", "trust.clock_skew: at most 600s"),
-        ("[trust]\n", "[trust]\nmax_lifetime = \"0s\"\n", "trust.max_lifetime: must be longer than zero"),
-        ("[trust]\n", "[trust]\ntrust_domain = \"bad domain\"\n", "trust.trust_domain: `bad domain`"),
-        ("file = \"inventory.toml\"", "file = \"nope.toml\"", "inventory.file: `"),
-        ("cert = \"gw.pem\"", "cert = \"gw-missing.pem\"", "gateway.cert: `"),
-        ("from = \"app.example.com\"", "from = \"app example\"", "gateway.routes[0].from: `app example` is not a host name"),
-        ("to = \"http://127.0.0.1:9000\"", "to = \"http://\"", "gateway.routes[0].to: `http://` has no host"),
-        ("to = \"http://127.0.0.1:9000\"", "to = \"http://u:p@h\"", "must not carry credentials"),
-        ("to = \"http://127.0.0.1:9000\"", "to = \"http://h/?q\"", "must not have a query"),
+        (
+            "roots = [\"roots.pem\"]",
+            "roots = [\"missing.pem\"]",
+            "trust.roots[0]: `",
+        ),
+        (
+            "roots = [\"roots.pem\"]",
+            "roots = []",
+            "trust.roots: the gateway is enabled but no trust roots",
+        ),
+        (
+            "[trust]\n",
+            "[trust]\nclock_skew = \"11m\"\n",
+            "trust.clock_skew: at most 600s",
+        ),
+        (
+            "[trust]\n",
+            "[trust]\nmax_lifetime = \"0s\"\n",
+            "trust.max_lifetime: must be longer than zero",
+        ),
+        (
+            "[trust]\n",
+            "[trust]\ntrust_domain = \"bad domain\"\n",
+            "trust.trust_domain: `bad domain`",
+        ),
+        (
+            "file = \"inventory.toml\"",
+            "file = \"nope.toml\"",
+            "inventory.file: `",
+        ),
+        (
+            "cert = \"gw.pem\"",
+            "cert = \"gw-missing.pem\"",
+            "gateway.cert: `",
+        ),
+        (
+            "from = \"app.example.com\"",
+            "from = \"app example\"",
+            "gateway.routes[0].from: `app example` is not a host name",
+        ),
+        (
+            "to = \"http://127.0.0.1:9000\"",
+            "to = \"http://\"",
+            "gateway.routes[0].to: `http://` has no host",
+        ),
+        (
+            "to = \"http://127.0.0.1:9000\"",
+            "to = \"http://u:p@h\"",
+            "must not carry credentials",
+        ),
+        (
+            "to = \"http://127.0.0.1:9000\"",
+            "to = \"http://h/?q\"",
+            "must not have a query",
+        ),
         (
             "to = \"http://127.0.0.1:9000\"",
             "to = \"http://h\"\nupstream_ca = \"upstream-ca.pem\"",
@@ -129,14 +201,46 @@ fn each_semantic_rule_is_checked() {
             "to = \"https://h\"\nupstream_cert = \"gw.pem\"",
             "gateway.routes[0].upstream_key: upstream_cert and upstream_key go together",
         ),
-        ("name = \"app\"", "name = \"app\"\npath_prefix = \"api\"", "gateway.routes[0].path_prefix: `api` must start with `/`"),
-        ("{ tag = \"eng\" }", "{ fingerprint = \"abc\" }", "gateway.routes[0].allow[0].and[0].fingerprint: `abc` is not a SHA-256"),
-        ("{ tag = \"eng\" }", "{ or = [] }", "gateway.routes[0].allow[0].and[0].or: an empty list"),
-        ("{ platform = \"linux\" }", "{ path_prefix = \"x\" }", "allow[0].and[1].not.path_prefix: `x` must start with `/`"),
-        ("{ tag = \"eng\" }", "{ method = \"G T\" }", "`G T` is not an HTTP method"),
-        ("", "[gateway.assertion]\nttl = \"10m\"\n", "gateway.assertion.ttl: between 10s and 5m"),
-        ("", "[gateway.limits]\nmax_header_bytes = 10\n", "gateway.limits.max_header_bytes: at least 1024"),
-        ("", "[gateway.limits]\nidle_timeout = \"0s\"\n", "gateway.limits.idle_timeout: must be longer"),
+        (
+            "name = \"app\"",
+            "name = \"app\"\npath_prefix = \"api\"",
+            "gateway.routes[0].path_prefix: `api` must start with `/`",
+        ),
+        (
+            "{ tag = \"eng\" }",
+            "{ fingerprint = \"abc\" }",
+            "gateway.routes[0].allow[0].and[0].fingerprint: `abc` is not a SHA-256",
+        ),
+        (
+            "{ tag = \"eng\" }",
+            "{ or = [] }",
+            "gateway.routes[0].allow[0].and[0].or: an empty list",
+        ),
+        (
+            "{ platform = \"linux\" }",
+            "{ path_prefix = \"x\" }",
+            "allow[0].and[1].not.path_prefix: `x` must start with `/`",
+        ),
+        (
+            "{ tag = \"eng\" }",
+            "{ method = \"G T\" }",
+            "`G T` is not an HTTP method",
+        ),
+        (
+            "",
+            "[gateway.assertion]\nttl = \"10m\"\n",
+            "gateway.assertion.ttl: between 10s and 5m",
+        ),
+        (
+            "",
+            "[gateway.limits]\nmax_header_bytes = 10\n",
+            "gateway.limits.max_header_bytes: at least 1024",
+        ),
+        (
+            "",
+            "[gateway.limits]\nidle_timeout = \"0s\"\n",
+            "gateway.limits.idle_timeout: must be longer",
+        ),
     ];
     for (from, to, expect) in cases {
         // An empty `from` appends `to` as a new table at the end.
@@ -147,7 +251,10 @@ fn each_semantic_rule_is_checked() {
             GOOD.replacen(from, to, 1)
         };
         let problems = fx.problems(&text);
-        assert!(problems.iter().any(|p| p.contains(expect)), "{to:?}: expected {expect:?} in {problems:#?}");
+        assert!(
+            problems.iter().any(|p| p.contains(expect)),
+            "{to:?}: expected {expect:?} in {problems:#?}"
+        );
     }
 }
 
@@ -155,10 +262,17 @@ fn each_semantic_rule_is_checked() {
 fn validation_problems_point_at_their_line() {
     let fx = Fixture::new();
     let text = GOOD.replace("{ tag = \"eng\" }", "{ fingerprint = \"abc\" }");
-    let line = text.lines().position(|l| l.contains("fingerprint")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.contains("fingerprint"))
+        .unwrap()
+        + 1;
     let p = &fx.problems(&text)[0];
     assert!(p.starts_with(&format!("{line}: ")), "{p}");
-    let text = GOOD.replace("roots = [\"roots.pem\"]", "roots = [\"a.pem\",\n  \"b.pem\"]");
+    let text = GOOD.replace(
+        "roots = [\"roots.pem\"]",
+        "roots = [\"a.pem\",\n  \"b.pem\"]",
+    );
     let problems = fx.problems(&text);
     assert!(problems[0].starts_with("3: trust.roots[0]"), "{problems:?}");
     assert!(problems[1].starts_with("4: trust.roots[1]"), "{problems:?}");
@@ -169,8 +283,15 @@ fn duplicate_routes_are_refused() {
     let fx = Fixture::new();
     let text = format!("{GOOD}\n[[gateway.routes]]\nname = \"app\"\nfrom = \"APP.example.com\"\nto = \"http://h\"\n");
     let problems = fx.problems(&text);
-    assert!(problems.iter().any(|p| p.contains("gateway.routes[1].name: `app` names another route")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("gateway.routes[1].path_prefix: another route already serves")));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("gateway.routes[1].name: `app` names another route")),
+        "{problems:?}"
+    );
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("gateway.routes[1].path_prefix: another route already serves")));
 }
 
 #[test]
@@ -190,18 +311,32 @@ fn reload_keeps_the_old_config_when_the_new_one_is_bad() {
     std::fs::write(&path, GOOD.replace("http://127.0.0.1:9000", "ftp://x")).unwrap();
     let err = handle.reload().unwrap_err();
     assert!(err.to_string().contains("gateway.routes[0].to"));
-    assert_eq!(handle.current().gateway.as_ref().unwrap().routes[0].to, "http://127.0.0.1:9000");
+    assert_eq!(
+        handle.current().gateway.as_ref().unwrap().routes[0].to,
+        "http://127.0.0.1:9000"
+    );
     assert_eq!(handle.generation(), 1);
-    std::fs::write(&path, GOOD.replace("http://127.0.0.1:9000", "https://app.internal")).unwrap();
+    std::fs::write(
+        &path,
+        GOOD.replace("http://127.0.0.1:9000", "https://app.internal"),
+    )
+    .unwrap();
     handle.reload().unwrap();
-    assert_eq!(handle.current().gateway.as_ref().unwrap().routes[0].to, "https://app.internal");
+    assert_eq!(
+        handle.current().gateway.as_ref().unwrap().routes[0].to,
+        "https://app.internal"
+    );
     assert_eq!(handle.generation(), 2);
 }
 
 #[test]
 fn an_unreadable_file_is_a_clear_error() {
     let err = portcullis_config::load_file(Path::new("/nonexistent/portcullis.toml")).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/portcullis.toml: cannot read:"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/portcullis.toml: cannot read:"),
+        "{err}"
+    );
 }
 
 #[test]
