@@ -1,0 +1,5 @@
+//! ACME (RFC 8555) protocol pieces.
+
+pub mod jwk;
+pub mod jws;
+pub mod problem;
