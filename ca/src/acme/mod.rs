@@ -2,4 +2,5 @@
 
 pub mod jwk;
 pub mod jws;
+pub mod nonce;
 pub mod problem;
