@@ -1,0 +1,9 @@
+//! CA storage. The embedded default is SQLite in WAL mode in the data directory; the schema is
+//! versioned by numbered migrations. Writes that matter (issuing a certificate, a status change
+//! with its history row) are single transactions, so a crash leaves either all or nothing.
+
+mod inventory;
+mod sqlite;
+
+pub use inventory::{Device, DeviceChange, HistoryEntry, NewDevice};
+pub use sqlite::{SqliteStore, StoreError};
