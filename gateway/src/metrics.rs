@@ -1,0 +1,123 @@
+//! Prometheus metrics of the gateway. Registered once on the registry the caller passes to
+//! `Gateway::new`; the admin listener renders that registry.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+pub(crate) struct Metrics {
+    /// `portcullis_requests_total{route,code}`: every response the gateway sends.
+    pub requests: IntCounterVec,
+    /// `portcullis_decisions_total{decision,reason}`: every access decision.
+    pub decisions: IntCounterVec,
+    /// `portcullis_handshake_failures_total{reason}`: refused or failed TLS handshakes.
+    pub handshake_failures: IntCounterVec,
+    /// `portcullis_request_duration_seconds{route}`: time to the response head.
+    pub request_duration: HistogramVec,
+    /// `portcullis_status_generation`: generation of the status snapshot in force.
+    pub status_generation: IntGauge,
+    /// `portcullis_status_snapshot_age_seconds`: now − the snapshot's `produced_at`.
+    pub status_age: Gauge,
+    /// `portcullis_connections_open`: client connections currently open (tunnels included).
+    pub connections_open: IntGauge,
+    /// `portcullis_connections_cut_total`: connections closed because their device lost trust.
+    pub connections_cut: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Responses sent, by route and status code",
+            ),
+            &["route", "code"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_decisions_total",
+                "Access decisions, by decision and reason",
+            ),
+            &["decision", "reason"],
+        )?;
+        let handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_handshake_failures_total",
+                "TLS handshakes refused or failed, by reason",
+            ),
+            &["reason"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request head to response head, by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )?;
+        let status_generation = IntGauge::new(
+            "portcullis_status_generation",
+            "Generation of the device status snapshot in force",
+        )?;
+        let status_age = Gauge::new(
+            "portcullis_status_snapshot_age_seconds",
+            "Seconds since the status source produced the snapshot in force",
+        )?;
+        let connections_open = IntGauge::new(
+            "portcullis_connections_open",
+            "Client connections currently open",
+        )?;
+        let connections_cut = IntCounter::new(
+            "portcullis_connections_cut_total",
+            "Connections closed because their device stopped being trusted",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(handshake_failures.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(status_generation.clone()))?;
+        registry.register(Box::new(status_age.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_cut.clone()))?;
+        Ok(Self {
+            requests,
+            decisions,
+            handshake_failures,
+            request_duration,
+            status_generation,
+            status_age,
+            connections_open,
+            connections_cut,
+        })
+    }
+
+    pub fn handshake_failed(&self, reason: &str) {
+        self.handshake_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Updates the status gauges from a snapshot.
+    pub fn observe_snapshot(&self, snapshot: &portcullis_policy::StatusSnapshot) {
+        self.status_generation
+            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        if let Some(produced) = snapshot.produced_at {
+            let age = std::time::SystemTime::now()
+                .duration_since(produced)
+                .unwrap_or_default();
+            self.status_age.set(age.as_secs_f64());
+        }
+    }
+}
+
+/// Renders a registry in the Prometheus text exposition format.
+pub(crate) fn render(registry: &Registry) -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut out = Vec::with_capacity(8 * 1024);
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "cannot render metrics");
+    }
+    out
+}

@@ -1,0 +1,825 @@
+//! One request: route, status + policy decision (every request, not only at the handshake),
+//! identity headers, forwarding with streaming bodies both ways, WebSocket / `Upgrade`
+//! tunnels, and the audit line.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use portcullis_policy::{Decision, RequestFacts, VerifyError};
+
+use crate::assertion::JWKS_PATH;
+use crate::audit::{now_rfc3339, AuditRecord};
+use crate::body::{full, BoxError, Guarded, RequestBody, ResponseBody};
+use crate::identity_headers;
+use crate::listener::ConnState;
+use crate::response::{self, denied, generated, ProxyError, X_REQUEST_ID};
+use crate::routes::Route;
+use crate::{Shared, State};
+
+/// hyper's service entry point.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let in_flight = conn.begin_request();
+    let response = process(&shared, &conn, req).await;
+    // The connection counts as busy until the response body is done (long downloads and
+    // long polls are not "idle").
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        http_body_util::combinators::UnsyncBoxBody::new(Guarded::new(body, in_flight)),
+    ))
+}
+
+/// What the audit line and metrics of one request need.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    state: &'a State,
+    conn: &'a ConnState,
+    request_id: String,
+    started: Instant,
+    method: &'a str,
+    path: &'a str,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        route: Option<&Route>,
+        decision: &'static str,
+        reason: &str,
+        detail: &str,
+        status: StatusCode,
+        upstream_status: Option<u16>,
+    ) {
+        let elapsed = self.started.elapsed();
+        let route_name = route.map(|r| &*r.name).unwrap_or("-");
+        let m = &self.shared.metrics;
+        m.requests
+            .with_label_values(&[route_name, status.as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
+        let identity = self.conn.identity.as_ref();
+        self.state.audit.write(&AuditRecord {
+            time: now_rfc3339(),
+            event: "request",
+            request_id: Some(&self.request_id),
+            device_id: identity.and_then(|i| i.device_id.as_deref()),
+            fingerprint: self.conn.fingerprint_hex.as_deref(),
+            route: route.map(|r| &*r.name),
+            method: Some(self.method),
+            path: Some(self.path),
+            source_ip: Some(self.conn.peer.ip()),
+            decision,
+            reason,
+            detail,
+            upstream_status,
+            latency_ms: Some(elapsed.as_secs_f64() * 1000.0),
+        });
+    }
+
+    /// An allowed request that failed on the way (upstream down, timeout, …): audited as
+    /// `allow` with the failure as reason, answered by the gateway.
+    fn fail(
+        &self,
+        route: &Route,
+        status: StatusCode,
+        error: ProxyError,
+        code: &str,
+        first_line: &str,
+        detail: &str,
+    ) -> Response<ResponseBody> {
+        self.finish(Some(route), "allow", code, detail, status, None);
+        generated(status, error, code, first_line, &self.request_id)
+    }
+
+    /// A gateway-generated refusal that is not a policy decision (bad request, no route, …).
+    fn refuse(
+        &self,
+        route: Option<&Route>,
+        status: StatusCode,
+        error: ProxyError,
+        code: &str,
+        first_line: &str,
+        detail: &str,
+    ) -> Response<ResponseBody> {
+        self.finish(route, "deny", code, detail, status, None);
+        generated(status, error, code, first_line, &self.request_id)
+    }
+}
+
+async fn process(
+    shared: &Shared,
+    conn: &Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let state = shared.state.load_full();
+
+    // Public key material: served before routing, no client certificate needed.
+    if parts.uri.path() == JWKS_PATH {
+        return jwks_response(&parts.method, state.assertion.jwks());
+    }
+
+    let path = parts.uri.path().to_string();
+    let ctx = Ctx {
+        shared,
+        state: &state,
+        conn,
+        request_id: shared.request_ids.next(),
+        started,
+        method: parts.method.as_str(),
+        path: &path,
+    };
+
+    if parts.method == Method::CONNECT {
+        return ctx.refuse(
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HttpRequestDenied,
+            "connect_not_allowed",
+            "CONNECT is not served here",
+            "",
+        );
+    }
+    let Some((host, host_value)) = request_host(&parts) else {
+        return ctx.refuse(
+            None,
+            StatusCode::BAD_REQUEST,
+            ProxyError::HttpRequestError,
+            "no_host",
+            "bad request: no host",
+            "request carries no Host / :authority",
+        );
+    };
+    if let Err(why) = check_path(&path) {
+        return ctx.refuse(
+            None,
+            StatusCode::BAD_REQUEST,
+            ProxyError::HttpRequestError,
+            "bad_path",
+            "bad request: path",
+            why,
+        );
+    }
+    let Some(route) = state.routes.find(&host, &path) else {
+        return ctx.refuse(
+            None,
+            StatusCode::NOT_FOUND,
+            ProxyError::HttpRequestDenied,
+            "no_route",
+            "no route for this host and path",
+            &format!("host {host}"),
+        );
+    };
+    // RFC 9110 §15.5.20: a request for a host this connection was not set up for.
+    if let Some(sni) = conn.sni.as_deref() {
+        if sni != host && state.routes.find(sni, &path).map(|r| r.index) != Some(route.index) {
+            return ctx.refuse(
+                Some(route),
+                StatusCode::MISDIRECTED_REQUEST,
+                ProxyError::HttpRequestDenied,
+                "misdirected_request",
+                "misdirected request",
+                &format!("SNI {sni} and host {host} select different routes"),
+            );
+        }
+    }
+
+    // A certificate valid at the handshake may expire on a long-lived connection.
+    if let Some(identity) = conn.identity.as_ref() {
+        let skew = shared.trust.load().options.clock_skew;
+        if SystemTime::now() > identity.not_after + skew {
+            let code = VerifyError::Expired.code();
+            shared
+                .metrics
+                .decisions
+                .with_label_values(&["deny", code])
+                .inc();
+            ctx.finish(
+                Some(route),
+                "deny",
+                code,
+                "certificate expired during the connection",
+                response::cert_error_status(),
+                None,
+            );
+            return denied(response::cert_error_status(), code, &ctx.request_id);
+        }
+    }
+
+    let snapshot = shared.status.current();
+    let facts = RequestFacts {
+        source_ip: conn.peer.ip(),
+        method: parts.method.as_str(),
+        path: &path,
+    };
+    // The cache computes directly when there is no certificate or the rules read the request.
+    let decision: Decision = state.routes.cache.decide(
+        route.index,
+        &route.policy,
+        &snapshot,
+        conn.identity.as_ref(),
+        &facts,
+    );
+    let code = decision.reason.code;
+    shared
+        .metrics
+        .decisions
+        .with_label_values(&[if decision.allow { "allow" } else { "deny" }, code])
+        .inc();
+    if !decision.allow {
+        let status = if conn.identity.is_none() && code == "no_certificate" {
+            response::cert_required_status()
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        ctx.finish(
+            Some(route),
+            "deny",
+            code,
+            &decision.reason.detail,
+            status,
+            None,
+        );
+        return denied(status, code, &ctx.request_id);
+    }
+
+    // Allowed: forward.
+    let limit = state.limits.max_body_bytes;
+    if limit > 0 && content_length(&parts.headers).is_some_and(|n| n > limit) {
+        return ctx.refuse(
+            Some(route),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HttpRequestDenied,
+            "body_too_large",
+            "request body too large",
+            &format!("Content-Length over {limit}"),
+        );
+    }
+
+    let upgrade = upgrade_protocol(&parts);
+    let client_upgrade = match upgrade {
+        Some(_) => parts.extensions.remove::<OnUpgrade>(),
+        None => None,
+    };
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers, false);
+    identity_headers::strip_inbound(&mut headers);
+    identity_headers::set_forwarded(&mut headers, conn.peer.ip(), Some(&host_value));
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut headers);
+    }
+    if let (Some(identity), Some(cert)) = (conn.identity.as_ref(), conn.cert_headers.as_ref()) {
+        let record = identity
+            .device_id
+            .as_deref()
+            .and_then(|id| snapshot.device(id));
+        let assertion = if route.headers.assertion {
+            match state.assertion.token(
+                identity,
+                record,
+                &host,
+                snapshot.generation,
+                SystemTime::now(),
+            ) {
+                Ok(token) => token,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the identity assertion");
+                    return ctx.fail(
+                        route,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ProxyError::ProxyInternalError,
+                        "assertion_failed",
+                        "internal error",
+                        &format!("{e:#}"),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        identity_headers::inject(&mut headers, route.headers, cert, record, assertion);
+    }
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    let host_header = if route.preserve_host {
+        host_value.clone()
+    } else {
+        route.upstream.host_header.clone()
+    };
+    headers.insert(header::HOST, host_header);
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+    let uri = match route.upstream.uri_for(parts.uri.path_and_query()) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return ctx.refuse(
+                Some(route),
+                StatusCode::BAD_REQUEST,
+                ProxyError::HttpRequestError,
+                "bad_path",
+                "bad request: path",
+                &e.to_string(),
+            )
+        }
+    };
+
+    let (body, exceeded) = RequestBody::new(body, limit);
+    let mut outbound = Request::new(body);
+    *outbound.method_mut() = parts.method.clone();
+    *outbound.uri_mut() = uri;
+    // Upstreams speak HTTP/1.1: an HTTP/2 request is rewritten (its pseudo-headers are already
+    // in the URI and method, the Host header set above).
+    *outbound.version_mut() = Version::HTTP_11;
+    *outbound.headers_mut() = headers;
+
+    let sent = tokio::time::timeout(
+        state.limits.upstream_timeout,
+        route.upstream.client.request(outbound),
+    )
+    .await;
+    let mut upstream_response = match sent {
+        Err(_) => {
+            return ctx.fail(
+                route,
+                StatusCode::GATEWAY_TIMEOUT,
+                ProxyError::HttpResponseTimeout,
+                "upstream_timeout",
+                "upstream timed out",
+                &format!(
+                    "no response head within {:?}",
+                    state.limits.upstream_timeout
+                ),
+            )
+        }
+        Ok(Err(e)) => {
+            if exceeded.load(Ordering::Acquire) {
+                return ctx.refuse(
+                    Some(route),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ProxyError::HttpRequestDenied,
+                    "body_too_large",
+                    "request body too large",
+                    &format!("body over {limit} bytes"),
+                );
+            }
+            let (error, code) = classify_upstream_error(&e);
+            let detail = error_chain(&e);
+            tracing::warn!(route = %route.name, error = %detail, "upstream request failed");
+            return ctx.fail(
+                route,
+                StatusCode::BAD_GATEWAY,
+                error,
+                code,
+                "bad gateway",
+                &detail,
+            );
+        }
+        Ok(Ok(resp)) => resp,
+    };
+
+    let status = upstream_response.status();
+    let is_switch = status == StatusCode::SWITCHING_PROTOCOLS;
+    if is_switch {
+        let Some(client_upgrade) = client_upgrade else {
+            return ctx.fail(
+                route,
+                StatusCode::BAD_GATEWAY,
+                ProxyError::HttpProtocolError,
+                "unexpected_upgrade",
+                "bad gateway",
+                "upstream switched protocols without an Upgrade request",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+        spawn_tunnel(shared, conn, client_upgrade, upstream_upgrade);
+    }
+    let (mut resp_parts, resp_body) = upstream_response.into_parts();
+    let upgrade_reply = if is_switch {
+        resp_parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut resp_parts.headers, true);
+    if let Some(proto) = upgrade_reply {
+        resp_parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp_parts.headers.insert(header::UPGRADE, proto);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp_parts.headers.insert(X_REQUEST_ID, v);
+    }
+    resp_parts.extensions = http::Extensions::new();
+    ctx.finish(
+        Some(route),
+        "allow",
+        code,
+        &decision.reason.detail,
+        status,
+        Some(status.as_u16()),
+    );
+    let body = resp_body
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed_unsync();
+    Response::from_parts(resp_parts, body)
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections until
+/// either side closes, the device is cut, or shutdown starts.
+fn spawn_tunnel(shared: &Shared, conn: &Arc<ConnState>, client: OnUpgrade, upstream: OnUpgrade) {
+    // The tunnel keeps the connection state (and so its registry entry) alive: a status change
+    // cuts it through the child token.
+    let conn = conn.clone();
+    let cut = conn.cut.child_token();
+    shared.tasks.spawn(async move {
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(
+                    client_error = ?c.err(),
+                    upstream_error = ?u.err(),
+                    "upgrade did not complete"
+                );
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            _ = cut.cancelled() => {
+                tracing::info!(peer = %conn.peer, "tunnel cut: device no longer trusted");
+            }
+            _ = conn.shutdown.cancelled() => {}
+            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %conn.peer, error = %e, "tunnel ended with an error");
+                }
+            }
+        }
+    });
+}
+
+fn jwks_response(method: &Method, jwks: bytes::Bytes) -> Response<ResponseBody> {
+    let mut resp = if method == Method::GET || method == Method::HEAD {
+        let mut r = Response::new(if method == Method::HEAD {
+            full(bytes::Bytes::new())
+        } else {
+            full(jwks)
+        });
+        // RFC 7517 §8.5.
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        r
+    } else {
+        let mut r = Response::new(full("method not allowed\n"));
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    };
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+pub(crate) fn jwks_http_response(method: &Method, jwks: bytes::Bytes) -> Response<ResponseBody> {
+    jwks_response(method, jwks)
+}
+
+/// The host the client asked for: lowercase, without port or trailing dot; and the value as
+/// sent (for `X-Forwarded-Host` and `preserve_host`). The URI authority wins (HTTP/2
+/// `:authority`, absolute-form; RFC 9112 §3.2.2 says to ignore `Host` then).
+pub(crate) fn request_host(parts: &Parts) -> Option<(String, HeaderValue)> {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => {
+            let value = parts.headers.get(header::HOST)?;
+            value.to_str().ok()?.parse::<http::uri::Authority>().ok()?
+        }
+    };
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    let value = HeaderValue::from_str(authority.as_str()).ok()?;
+    Some((host, value))
+}
+
+/// Refuses paths that an upstream could resolve to something the route and rules never saw:
+/// dot-segments (RFC 3986 §5.2.4), also percent-encoded; encoded `/` and `\`; backslashes;
+/// empty segments (`//`, which some servers merge). The gateway refuses rather than normalises.
+pub(crate) fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("path must start with /");
+    }
+    if path.contains('\\') {
+        return Err("backslash in path");
+    }
+    if path.contains("//") {
+        return Err("empty path segment");
+    }
+    let is_dot_segment = |segment: &str| segment == "." || segment == "..";
+    if !path.contains('%') {
+        // The common case: no allocation.
+        return match path.split('/').any(is_dot_segment) {
+            true => Err("dot-segment in path"),
+            false => Ok(()),
+        };
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err("encoded slash or backslash in path");
+    }
+    if lower
+        .split('/')
+        .any(|segment| is_dot_segment(&segment.replace("%2e", ".")))
+    {
+        return Err("dot-segment in path");
+    }
+    Ok(())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The protocol of an HTTP/1.1 `Upgrade` request (RFC 9110 §7.8), if this is one.
+fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+        return None;
+    }
+    parts.headers.get(header::UPGRADE).cloned()
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`, and in
+/// requests every `Proxy-*` field (credentials meant for this hop). An upgrade puts its own
+/// `Connection: upgrade` / `Upgrade` back afterwards.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, is_response: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.starts_with("proxy-") && !(is_response && n == "proxy-status")
+        })
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if values.len() < 2 {
+        return;
+    }
+    let joined = values.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Every error in `e`'s chain, looking inside `io::Error`s that wrap another error (their
+/// `source()` skips the wrapped error itself; tokio-rustls and hyper-util nest them).
+fn each_cause<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+    visit: &mut dyn FnMut(&'a (dyn std::error::Error + 'static)),
+) {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        visit(err);
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            each_cause(inner, visit);
+        }
+        current = err.source();
+    }
+}
+
+fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> (ProxyError, &'static str) {
+    let mut tls = None;
+    let mut io_kind = None;
+    let mut dns = false;
+    each_cause(e, &mut |cause| {
+        if let Some(t) = cause.downcast_ref::<rustls::Error>() {
+            tls.get_or_insert(match t {
+                rustls::Error::InvalidCertificate(_) => {
+                    (ProxyError::TlsCertificateError, "upstream_tls_certificate")
+                }
+                _ => (ProxyError::TlsProtocolError, "upstream_tls"),
+            });
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        dns |= cause.to_string().contains("dns error");
+    });
+    if let Some(found) = tls {
+        return found;
+    }
+    if !e.is_connect() {
+        return (ProxyError::HttpProtocolError, "upstream_error");
+    }
+    if dns {
+        return (ProxyError::DnsError, "upstream_connect_failed");
+    }
+    match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            (ProxyError::ConnectionRefused, "upstream_connect_failed")
+        }
+        Some(std::io::ErrorKind::TimedOut) => {
+            (ProxyError::ConnectionTimeout, "upstream_connect_failed")
+        }
+        _ => (
+            ProxyError::DestinationUnavailable,
+            "upstream_connect_failed",
+        ),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(build: http::request::Builder) -> Parts {
+        build.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn host_from_authority_or_host_header() {
+        let p = parts(Request::get("/x").header("host", "App.Example.com:8443"));
+        let (host, value) = request_host(&p).expect("host");
+        assert_eq!(host, "app.example.com");
+        assert_eq!(value, "App.Example.com:8443");
+        // Absolute-form / HTTP/2 :authority wins over Host.
+        let p = parts(Request::get("https://a.example/x").header("host", "b.example"));
+        assert_eq!(request_host(&p).expect("host").0, "a.example");
+        let p = parts(Request::get("/x").header("host", "[::1]:443"));
+        assert_eq!(request_host(&p).expect("host").0, "[::1]");
+        let p = parts(Request::get("/x").header("host", "example.com."));
+        assert_eq!(request_host(&p).expect("host").0, "example.com");
+        assert!(request_host(&parts(Request::get("/x"))).is_none());
+        assert!(request_host(&parts(Request::get("/x").header("host", "a b"))).is_none());
+    }
+
+    #[test]
+    fn paths_that_could_escape_a_route_are_refused() {
+        for ok in ["/", "/a/b", "/a.b/c..d", "/file%2Ename", "/a/.well-known/x"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/a/../admin",
+            "/a/..",
+            "/./a",
+            "/a/%2e%2e/admin",
+            "/a/.%2E/admin",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "//admin",
+            "*",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-checksum"),
+            ("accept", "*/*"),
+            ("proxy-status", "upstream-thing"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_static(v),
+            );
+        }
+        let mut req = h.clone();
+        strip_hop_by_hop(&mut req, false);
+        assert_eq!(
+            req.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["accept"]
+        );
+        let mut resp = h;
+        strip_hop_by_hop(&mut resp, true);
+        let mut left: Vec<&str> = resp.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "proxy-status"]);
+    }
+
+    #[test]
+    fn upgrade_detection_and_cookie_join() {
+        let p = parts(
+            Request::get("/ws")
+                .header("connection", "keep-alive, Upgrade")
+                .header("upgrade", "websocket"),
+        );
+        assert_eq!(
+            upgrade_protocol(&p),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        let p = parts(Request::get("/ws").header("upgrade", "websocket"));
+        assert_eq!(upgrade_protocol(&p), None);
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+}
