@@ -15,7 +15,7 @@ use serde::Serialize;
 
 const QUEUE: usize = 16 * 1024;
 
-/// One audit line. `event` is `request` or `connection_cut`.
+/// One audit line. `event` is `request`, `handshake` (a refused TLS client) or `connection_cut`.
 #[derive(Debug, Serialize)]
 pub(crate) struct AuditRecord<'a> {
     /// RFC 3339, UTC.
@@ -90,6 +90,34 @@ impl AuditSink {
     /// The `audit.sink` value this sink was opened from (a reload with the same value reuses it).
     pub fn spec(&self) -> &str {
         &self.spec
+    }
+
+    /// A client refused during the TLS handshake: no request exists yet, so only what the
+    /// handshake revealed is recorded.
+    pub fn handshake_refused(
+        &self,
+        source_ip: Option<IpAddr>,
+        fingerprint: Option<&str>,
+        device_id: Option<&str>,
+        reason: &str,
+        detail: &str,
+    ) {
+        self.write(&AuditRecord {
+            time: now_rfc3339(),
+            event: "handshake",
+            request_id: None,
+            device_id,
+            fingerprint,
+            route: None,
+            method: None,
+            path: None,
+            source_ip,
+            decision: "deny",
+            reason,
+            detail,
+            upstream_status: None,
+            latency_ms: None,
+        });
     }
 
     pub fn write(&self, record: &AuditRecord<'_>) {

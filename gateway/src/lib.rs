@@ -168,7 +168,7 @@ fn build_state(
         _ => Arc::new(AuditSink::open(&cfg.audit.sink)?),
     };
     let mandatory = gw.client_auth == ClientAuth::Required;
-    let tls = tls_shared.server_config(trust, new_trust, mandatory, metrics)?;
+    let tls = tls_shared.server_config(trust, new_trust, mandatory, metrics, &audit)?;
     Ok(State {
         routes,
         limits: gw.limits.clone(),

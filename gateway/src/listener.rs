@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity_headers::CertHeaders;
 use crate::registry::Registration;
-use crate::tls::handshake_failure_reason;
+use crate::tls::{handshake_failure_reason, HANDSHAKE_PEER};
 use crate::Shared;
 
 /// How long in-flight requests get to finish after shutdown starts.
@@ -193,7 +193,10 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let state = shared.state.load_full();
     let acceptor = TlsAcceptor::from(state.tls.clone());
-    let handshake = tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp));
+    let handshake = tokio::time::timeout(
+        state.limits.handshake_timeout,
+        HANDSHAKE_PEER.scope(peer.ip(), acceptor.accept(tcp)),
+    );
     let tls = tokio::select! {
         _ = hard_stop.cancelled() => return,
         _ = shutdown.cancelled() => return,
@@ -206,6 +209,9 @@ async fn connection(
             Ok(Err(e)) => {
                 if let Some(reason) = handshake_failure_reason(&e) {
                     shared.metrics.handshake_failed(reason);
+                    if reason == "no_certificate" {
+                        state.audit.handshake_refused(Some(peer.ip()), None, None, reason, "no client certificate presented");
+                    }
                     tracing::debug!(%peer, reason, error = %e, "TLS handshake failed");
                 } else {
                     tracing::info!(%peer, error = %e, "TLS handshake refused");

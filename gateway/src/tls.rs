@@ -31,7 +31,14 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerC
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 
+use crate::audit::AuditSink;
 use crate::metrics::Metrics;
+
+tokio::task_local! {
+    /// The client address of the handshake being run on this task: the verifier is called by
+    /// rustls without it, and the audit line of a refusal must say who was refused.
+    pub(crate) static HANDSHAKE_PEER: std::net::IpAddr;
+}
 
 /// The ring provider: the only crypto backend of Portcullis.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -170,6 +177,7 @@ pub(crate) struct DeviceCertVerifier {
     mandatory: bool,
     algorithms: WebPkiSupportedAlgorithms,
     metrics: Arc<Metrics>,
+    audit: Arc<AuditSink>,
 }
 
 impl fmt::Debug for DeviceCertVerifier {
@@ -221,11 +229,19 @@ impl ClientCertVerifier for DeviceCertVerifier {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(e) => {
                 let code = e.code();
+                let fingerprint = hex::encode(Sha256::digest(end_entity.as_ref()));
+                let peer = HANDSHAKE_PEER.try_with(|p| *p).ok();
+                // Best effort: a refused certificate may still name the device it claims to be.
+                let claimed = DeviceIdentity::from_der(end_entity.as_ref(), &self.trust.load().trust_domain)
+                    .ok()
+                    .and_then(|i| i.device_id);
                 self.metrics.handshake_failed(code);
+                self.audit.handshake_refused(peer, Some(&fingerprint), claimed.as_deref(), code, &e.to_string());
                 tracing::warn!(
                     reason = code,
                     detail = %e,
-                    fingerprint = %hex::encode(Sha256::digest(end_entity.as_ref())),
+                    fingerprint = %fingerprint,
+                    peer = ?peer,
                     "client certificate refused"
                 );
                 Err(tls_error(&e))
@@ -281,6 +297,7 @@ impl TlsShared {
         current: &TrustState,
         mandatory: bool,
         metrics: &Arc<Metrics>,
+        audit: &Arc<AuditSink>,
     ) -> anyhow::Result<Arc<ServerConfig>> {
         let provider = provider();
         let verifier = Arc::new(DeviceCertVerifier {
@@ -289,6 +306,7 @@ impl TlsShared {
             mandatory,
             algorithms: provider.signature_verification_algorithms,
             metrics: metrics.clone(),
+            audit: audit.clone(),
         });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -1,0 +1,9 @@
+//! The `portcullis` binary's library: the runtime wiring behind the subcommands, and the dev
+//! tooling (`devpki`, `demo_upstream`) that `portcullis up`, the end-to-end tests and the
+//! benchmarks share.
+
+pub mod demo_upstream;
+pub mod devpki;
+pub mod inspect;
+pub mod quickstart;
+pub mod serve;

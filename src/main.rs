@@ -1,0 +1,199 @@
+//! The `portcullis` binary: command-line parsing and nothing else. Each subcommand hands over
+//! to the library (`portcullis::*`) or a crate; errors become one report with context here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use portcullis::{inspect, quickstart, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Device-identity enforcement point: only inventoried, currently trusted devices get through"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every component the config file enables (today: the mTLS gateway and the admin
+    /// listener). Reloads on SIGHUP and when the files change; SIGTERM drains and stops.
+    Serve {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Quickstart: create (or reuse) a data dir with a dev PKI, a demo inventory and a config,
+    /// start a demo upstream and the gateway, and print curl commands to try.
+    Up {
+        #[arg(long, value_name = "DIR", default_value = quickstart::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Gateway address written into a new config.
+        #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Admin (metrics, health) address written into a new config.
+        #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
+        /// Demo upstream address written into a new config.
+        #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_UPSTREAM_LISTEN)]
+        upstream_listen: SocketAddr,
+    },
+    /// Certificate commands.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: prints OK, or every problem as `file:line: key: message` and
+    /// exits 1.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Print the device identity a certificate carries (as the gateway reads it) and, with
+    /// --root, whether the gateway would accept it; exits 1 if it would not.
+    Inspect {
+        /// PEM (leaf first, then intermediates) or DER certificate.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// PEM bundle of trusted roots to verify against.
+        #[arg(long, value_name = "PEM")]
+        root: Option<PathBuf>,
+        /// Take trust_domain, clock_skew, max_lifetime and (unless --root) the roots from this
+        /// config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// SPIFFE trust domain of device URIs [default: portcullis.local, or the config's].
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: Option<String>,
+        /// Verify at this instant instead of now (RFC 3339, e.g. 2030-01-01T00:00:00Z).
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            serve::run_blocking(&config)
+                .with_context(|| format!("serving {}", config.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match portcullis_config::load_file(&file) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                // Already `file:line: key: message`, one per line: print as is, no prefix,
+                // so that editors can jump to the line.
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Up {
+            data_dir,
+            listen,
+            admin_listen,
+            upstream_listen,
+        } => {
+            let opts = quickstart::UpOptions {
+                data_dir,
+                listen,
+                admin_listen,
+                upstream_listen,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("portcullis")
+                .build()
+                .context("cannot start the Tokio runtime")?;
+            runtime.block_on(async {
+                let shutdown = portcullis_gateway::CancellationToken::new();
+                let on_signal = shutdown.clone();
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("cannot listen for SIGTERM")?;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    on_signal.cancel();
+                });
+                quickstart::run(&opts, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
+            command:
+                CertCommand::Inspect {
+                    file,
+                    root,
+                    config,
+                    trust_domain,
+                    at,
+                },
+        } => {
+            let (mut trust, mut roots) = match &config {
+                Some(path) => {
+                    let config = portcullis_config::load_file(path).map_err(|e| anyhow!("{e}"))?;
+                    let roots = config.trust.roots.clone();
+                    (config.trust, roots)
+                }
+                None => (portcullis_config::TrustConfig::default(), Vec::new()),
+            };
+            if let Some(root) = root {
+                roots = vec![root];
+            }
+            if let Some(td) = trust_domain {
+                trust.trust_domain = td;
+            }
+            let at = at
+                .as_deref()
+                .map(portcullis::devpki::parse_rfc3339)
+                .transpose()?;
+            let report = inspect::inspect(&inspect::InspectRequest {
+                cert: file,
+                roots,
+                trust,
+                at,
+            })?;
+            print!("{}", report.text);
+            Ok(match report.verdict {
+                Some(Err(_)) => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            })
+        }
+    }
+}
