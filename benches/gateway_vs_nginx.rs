@@ -2,7 +2,7 @@
 //! latency, same certificates, same upstream, same load client, one run.
 //!
 //! ```text
-//! cargo bench --bench gateway_vs_nginx                      # defaults: W=1, C=32, D=10 s
+//! cargo bench --bench gateway_vs_nginx          # defaults: W=1, C=32, D=10 s, 3 rounds, pinned
 //! cargo bench --bench gateway_vs_nginx -- --workers 2 --connections 64 --duration 20
 //! ```
 //!
@@ -13,9 +13,13 @@
 //! - `--warmup SECS` / `BENCH_WARMUP`: not measured, at most half the duration (1)
 //! - `--client-threads N` / `BENCH_CLIENT_THREADS`: load client tokio workers (1)
 //! - `--rounds N` / `BENCH_ROUNDS`: repeat every scenario N times per proxy, alternating which
-//!   proxy goes first, and report the median round (1)
+//!   proxy goes first, and report the best round (3; a run takes about 3.5 minutes)
+//! - `--no-pin`: do not pin the proxy to CPUs 1..=workers and the load client + upstream to
+//!   CPU 0 (pinning is the default: it gives the proxy dedicated cores and steadies the rounds)
 //! - `--no-logging-variant`: skip the audit/access-log-to-file scenario
 //! - `--only keep-alive|new-connection`
+//! - `--identity-headers LIST`: Portcullis' route `identity_headers`, comma-separated
+//!   (`plain,assertion`, the realistic default; `""` for none, to measure what identity costs)
 //! - `--keep-dir`: keep the temp dir with configs, certificates and logs
 //! - `--out FILE`: also write the markdown report there
 //! - `--portcullis PATH` / `PORTCULLIS_BIN`: the binary to measure. Default: the `portcullis`
@@ -67,6 +71,10 @@ fn run() -> anyhow::Result<()> {
         );
     }
     let mut opts = Options::new(portcullis, nginx);
+    opts.pin = !args.iter().any(|a| a == "--no-pin");
+    // One round on a shared 2-core box can be off by half when a neighbour compiles; the best
+    // of three, with every round listed, is much steadier.
+    opts.rounds = 3;
     if let Some(n) = number(&args, "--workers", "BENCH_WORKERS")? {
         opts.workers = n as usize;
     }
@@ -87,6 +95,14 @@ fn run() -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--no-logging-variant") {
         opts.logging_variant = false;
+    }
+    if let Some(list) = flag(&args, "--identity-headers") {
+        opts.identity_headers = list
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
     }
     if args.iter().any(|a| a == "--keep-dir") {
         opts.keep_dir = true;
@@ -113,10 +129,17 @@ fn run() -> anyhow::Result<()> {
             Mode::KeepAlive => TARGET_KEEPALIVE,
             Mode::NewConnection => TARGET_NEW_CONNECTION,
         };
-        let verdict = match row.ratio() {
-            Some(r) if r >= target => format!("{r:.2}× — met"),
-            Some(r) => format!("{r:.2}× — NOT met"),
-            None => "no nginx figure — NOT measured".into(),
+        // Met only if both the best-round and the median-round ratio reach the target, so
+        // that neither a lucky round nor an unlucky one decides.
+        let verdict = match (row.ratio(), row.ratio_median()) {
+            (Some(best), Some(median)) => {
+                let met = best >= target && median >= target;
+                format!(
+                    "{best:.2}× best round, {median:.2}× median — {}",
+                    if met { "met" } else { "NOT met" }
+                )
+            }
+            _ => "no nginx figure — NOT measured".into(),
         };
         let errors = row.portcullis.phase.error_count() + row.nginx.phase.error_count();
         let caveat = if errors > 0 {

@@ -21,10 +21,7 @@ fn benchmark_harness_runs_against_portcullis_and_nginx() {
         eprintln!("\n*** SKIP bench_smoke: nginx not found (apt-get install -y nginx) ***\n");
         return;
     };
-    let mut opts = harness::Options::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_portcullis")),
-        nginx,
-    );
+    let mut opts = harness::Options::new(PathBuf::from(env!("CARGO_BIN_EXE_portcullis")), nginx);
     opts.connections = 4;
     opts.duration = Duration::from_secs(1);
     opts.warmup = Duration::ZERO;

@@ -180,11 +180,16 @@ fn refused_devices_get_the_right_reason() {
         }
         // One audit line per refusal, with the client's address; the n-th refusal of this
         // reason is the n-th line (each reason occurs once in this loop).
-        let line = fx.wait_audit(reason, |l| l["event"] == "handshake" && l["reason"] == *reason);
+        let line = fx.wait_audit(reason, |l| {
+            l["event"] == "handshake" && l["reason"] == *reason
+        });
         assert_eq!(line["decision"], "deny", "{line}");
         assert_eq!(line["source_ip"], "127.0.0.1", "{line}");
         if cred.is_some() {
-            assert!(line["fingerprint"].as_str().is_some_and(|f| f.len() == 64), "{line}");
+            assert!(
+                line["fingerprint"].as_str().is_some_and(|f| f.len() == 64),
+                "{line}"
+            );
         }
         // The counter is bumped as the refusal happens; allow the scrape a moment.
         wait_until(&format!("{sample} to increase"), || {

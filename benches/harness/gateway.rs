@@ -29,6 +29,10 @@ pub struct GatewaySpec<'a> {
     pub inventory: &'a Path,
     /// `None`: audit sink `off`; `Some(file)`: JSON lines appended to that file.
     pub audit_file: Option<&'a Path>,
+    /// CPUs the process may run on (`None`: any).
+    pub cpus: Option<&'a [usize]>,
+    /// The route's `identity_headers` (`plain`, `xfcc`, `client-cert`, `assertion`).
+    pub identity_headers: &'a [String],
 }
 
 pub struct Gateway {
@@ -47,7 +51,11 @@ impl Gateway {
             .context("portcullis: cannot create stdout.log")?;
         let stderr = std::fs::File::create(spec.dir.join("stderr.log"))
             .context("portcullis: cannot create stderr.log")?;
-        let child = Command::new(spec.bin)
+        let mut cmd = Command::new(spec.bin);
+        if let Some(cpus) = spec.cpus {
+            sys::pin_command(&mut cmd, cpus);
+        }
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&conf_path)
@@ -149,7 +157,7 @@ worker_threads = {workers}
 name = "bench"
 from = "*"
 to = "http://{upstream}"
-identity_headers = ["plain", "assertion"]
+identity_headers = [{identity_headers}]
 allow = [{{ authenticated = true }}]
 "#,
         roots = toml_str(spec.trust_roots),
@@ -160,6 +168,12 @@ allow = [{{ authenticated = true }}]
         key = toml_str(spec.server_key),
         workers = spec.workers.max(1),
         upstream = spec.upstream,
+        identity_headers = spec
+            .identity_headers
+            .iter()
+            .map(|h| format!("\"{}\"", h.replace(['"', '\\'], "")))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 

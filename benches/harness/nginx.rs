@@ -53,6 +53,8 @@ pub struct NginxSpec<'a> {
     /// `None`: `access_log off`; `Some(file)`: the default combined format to that file, the
     /// comparison for Portcullis' audit-to-file variant.
     pub access_log: Option<&'a Path>,
+    /// CPUs the master and its workers may run on (`None`: any).
+    pub cpus: Option<&'a [usize]>,
 }
 
 pub struct Nginx {
@@ -69,7 +71,11 @@ impl Nginx {
             .with_context(|| format!("nginx: cannot write {}", conf_path.display()))?;
         let stderr = std::fs::File::create(spec.dir.join("stderr.log"))
             .context("nginx: cannot create stderr.log")?;
-        let child = Command::new(spec.bin)
+        let mut cmd = Command::new(spec.bin);
+        if let Some(cpus) = spec.cpus {
+            sys::pin_command(&mut cmd, cpus);
+        }
+        let child = cmd
             .arg("-p")
             .arg(spec.dir)
             .arg("-c")
@@ -197,7 +203,11 @@ http {{
     }}
 }}
 "#,
-        user = if running_as_root() { "user root;\n" } else { "" },
+        user = if running_as_root() {
+            "user root;\n"
+        } else {
+            ""
+        },
         workers = spec.workers.max(1),
         upstream = spec.upstream,
         listen = spec.listen,

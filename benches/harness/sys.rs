@@ -56,23 +56,25 @@ pub fn self_ticks() -> u64 {
     process_ticks(std::process::id()).unwrap_or(0)
 }
 
-/// Busy ticks of the whole machine (all CPUs): everything but idle and iowait.
-pub fn machine_busy_ticks() -> u64 {
+/// Busy ticks of the whole machine (all CPUs: everything but idle and iowait) and, within
+/// them, steal: time the hypervisor gave this VM's virtual CPUs to someone else, which no
+/// process here can see but which slows every one of them.
+pub fn machine_ticks() -> (u64, u64) {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
+        return (0, 0);
     };
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
+        return (0, 0);
     };
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest is already inside user).
     let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    total.saturating_sub(idle)
+    (total.saturating_sub(at(3) + at(4)), at(7))
 }
 
 /// CPU used during an interval, in "cores" (1.0 = one core fully busy).
@@ -86,6 +88,8 @@ pub struct CpuUse {
     pub other: f64,
     /// Proxy CPU seconds spent, absolute.
     pub proxy_secs: f64,
+    /// Hypervisor steal, in cores (counted in `other` too).
+    pub steal: f64,
 }
 
 pub struct CpuSampler {
@@ -94,16 +98,19 @@ pub struct CpuSampler {
     proxy: u64,
     bench: u64,
     machine: u64,
+    steal: u64,
 }
 
 impl CpuSampler {
     pub fn start(proxy_pid: u32) -> Self {
+        let (machine, steal) = machine_ticks();
         Self {
             proxy_pid,
             at: Instant::now(),
             proxy: tree_ticks(proxy_pid),
             bench: self_ticks(),
-            machine: machine_busy_ticks(),
+            machine,
+            steal,
         }
     }
 
@@ -111,12 +118,15 @@ impl CpuSampler {
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
         let proxy = tree_ticks(self.proxy_pid).saturating_sub(self.proxy) as f64 / USER_HZ;
         let bench = self_ticks().saturating_sub(self.bench) as f64 / USER_HZ;
-        let machine = machine_busy_ticks().saturating_sub(self.machine) as f64 / USER_HZ;
+        let (machine, steal) = machine_ticks();
+        let machine = machine.saturating_sub(self.machine) as f64 / USER_HZ;
+        let steal = steal.saturating_sub(self.steal) as f64 / USER_HZ;
         CpuUse {
             proxy: proxy / secs,
             bench: bench / secs,
             other: ((machine - proxy - bench) / secs).max(0.0),
             proxy_secs: proxy,
+            steal: steal / secs,
         }
     }
 }
@@ -217,4 +227,53 @@ pub fn free_port() -> anyhow::Result<std::net::SocketAddr> {
     use anyhow::Context;
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
     l.local_addr().context("local_addr")
+}
+
+/// A CPU set for sched_setaffinity(2).
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET only writes inside `set`; it ignores CPUs beyond the set's size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Pins the calling thread (and so every thread it creates afterwards) to `cpus`; returns the
+/// previous set, to restore with [`restore_affinity`], or `None` if the kernel refused.
+pub fn pin_current_thread(cpus: &[usize]) -> Option<libc::cpu_set_t> {
+    // SAFETY: as in cpu_set.
+    let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: pid 0 is the calling thread; both pointers are to live, correctly sized sets.
+    let ok = unsafe {
+        libc::sched_getaffinity(0, size, &mut old) == 0
+            && libc::sched_setaffinity(0, size, &cpu_set(cpus)) == 0
+    };
+    ok.then_some(old)
+}
+
+pub fn restore_affinity(old: &libc::cpu_set_t) {
+    // SAFETY: pid 0 is the calling thread; `old` came from sched_getaffinity.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old);
+    }
+}
+
+/// Makes a command start pinned to `cpus` (set in the child between fork and exec, so that
+/// every thread and process it ever creates inherits the set).
+pub fn pin_command(cmd: &mut std::process::Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    let set = cpu_set(cpus);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // sched_setaffinity, a plain system call (async-signal-safe), on a set built beforehand.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -232,11 +232,18 @@ impl ClientCertVerifier for DeviceCertVerifier {
                 let fingerprint = hex::encode(Sha256::digest(end_entity.as_ref()));
                 let peer = HANDSHAKE_PEER.try_with(|p| *p).ok();
                 // Best effort: a refused certificate may still name the device it claims to be.
-                let claimed = DeviceIdentity::from_der(end_entity.as_ref(), &self.trust.load().trust_domain)
-                    .ok()
-                    .and_then(|i| i.device_id);
+                let claimed =
+                    DeviceIdentity::from_der(end_entity.as_ref(), &self.trust.load().trust_domain)
+                        .ok()
+                        .and_then(|i| i.device_id);
                 self.metrics.handshake_failed(code);
-                self.audit.handshake_refused(peer, Some(&fingerprint), claimed.as_deref(), code, &e.to_string());
+                self.audit.handshake_refused(
+                    peer,
+                    Some(&fingerprint),
+                    claimed.as_deref(),
+                    code,
+                    &e.to_string(),
+                );
                 tracing::warn!(
                     reason = code,
                     detail = %e,

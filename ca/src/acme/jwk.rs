@@ -73,8 +73,13 @@ impl PublicJwk {
             "RSA" => {
                 let (n, e) = (b("n")?, b("e")?);
                 let n_trimmed = trim_leading_zeros(&n);
-                let bits = n_trimmed.len() * 8
-                    - n_trimmed.first().map_or(8, |b| b.leading_zeros() as usize);
+                // An empty (or all-zero) modulus is 0 bits. Computing `len * 8 - 8` for it
+                // would underflow: a panic in debug builds, and in release a wrapped, huge
+                // "size" that passed the minimum check.
+                let bits = match n_trimmed.first() {
+                    Some(b) => n_trimmed.len() * 8 - b.leading_zeros() as usize,
+                    None => 0,
+                };
                 if bits < MIN_RSA_BITS {
                     return Err(JwkError::RsaTooSmall(bits));
                 }
@@ -223,6 +228,14 @@ mod tests {
             (
                 json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
                 JwkError::RsaTooSmall(17),
+            ),
+            (
+                json!({"kty": "RSA", "n": "", "e": "AQAB"}),
+                JwkError::RsaTooSmall(0),
+            ),
+            (
+                json!({"kty": "RSA", "n": "AAAA", "e": "AQAB"}),
+                JwkError::RsaTooSmall(0),
             ),
             (
                 json!({"kty": "OKP", "crv": "Ed25519"}),

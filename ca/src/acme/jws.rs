@@ -14,6 +14,12 @@ use super::problem::{Problem, ProblemType};
 /// The algorithms RFC 8555 §6.2 lets us accept: asymmetric only, never `none` or a MAC.
 pub const ACCEPTED_ALGS: [&str; 4] = ["ES256", "ES384", "RS256", "EdDSA"];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Outer,
+    KeyChangeInner,
+}
+
 /// Who signed: a new key (newAccount, revocation by certificate key) or an account URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signer {
@@ -40,6 +46,17 @@ impl ParsedJws {
     /// Parses a request body. `request_url` is the URL the request was sent to; the header's
     /// `url` must equal it (RFC 8555 §6.4).
     pub fn parse(body: &[u8], request_url: &str) -> Result<Self, Problem> {
+        Self::parse_with(body, request_url, Layer::Outer)
+    }
+
+    /// Parses the inner JWS of a keyChange request (RFC 8555 §7.3.5): signed by the new key,
+    /// which it carries as `jwk`; same `url` as the outer JWS; no `nonce` (the outer JWS's
+    /// nonce already protects against replay).
+    pub fn parse_key_change_inner(body: &[u8], request_url: &str) -> Result<Self, Problem> {
+        Self::parse_with(body, request_url, Layer::KeyChangeInner)
+    }
+
+    fn parse_with(body: &[u8], request_url: &str, layer: Layer) -> Result<Self, Problem> {
         let outer: Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| Problem::malformed(format!("body is not a JSON object: {e}")))?;
         // §6.2: flattened JSON only, no unprotected header.
@@ -71,6 +88,13 @@ impl ParsedJws {
             .decode(sig_b64)
             .map_err(|_| Problem::malformed("JWS signature is not base64url"))?;
 
+        // RFC 7515 §4.1.11: a `crit` extension we do not understand must be refused. We
+        // understand none (notably not RFC 7797 `b64`, which would change the signing input).
+        if header.contains_key("crit") || header.contains_key("b64") {
+            return Err(Problem::malformed(
+                "JWS `crit`/`b64` header extensions are not supported",
+            ));
+        }
         let alg = take_str(&mut header, "alg")?;
         if !ACCEPTED_ALGS.contains(&alg.as_str()) {
             return Err(Problem::new(
@@ -81,12 +105,18 @@ impl ParsedJws {
                 ),
             ));
         }
-        let nonce = match header.remove("nonce") {
-            Some(Value::String(n)) if !n.is_empty() => n,
-            _ => {
+        let nonce = match (layer, header.remove("nonce")) {
+            (Layer::Outer, Some(Value::String(n))) if !n.is_empty() => n,
+            (Layer::Outer, _) => {
                 return Err(Problem::new(
                     ProblemType::BadNonce,
                     "JWS header carries no nonce",
+                ))
+            }
+            (Layer::KeyChangeInner, None) => String::new(),
+            (Layer::KeyChangeInner, Some(_)) => {
+                return Err(Problem::malformed(
+                    "the inner keyChange JWS must not carry a nonce",
                 ))
             }
         };
@@ -108,6 +138,11 @@ impl ParsedJws {
             (None, Some(Value::String(kid))) => Signer::Kid(kid),
             (None, Some(_)) => return Err(Problem::malformed("JWS `kid` is not a string")),
         };
+        if layer == Layer::KeyChangeInner && !matches!(signer, Signer::Jwk(_)) {
+            return Err(Problem::malformed(
+                "the inner keyChange JWS must carry the new key as `jwk`",
+            ));
+        }
         if let Signer::Jwk(key) = &signer {
             if key.alg() != alg {
                 return Err(Problem::new(
@@ -319,6 +354,29 @@ mod tests {
                 String::from_utf8_lossy(&body)
             );
         }
+    }
+
+    #[test]
+    fn the_inner_key_change_jws_has_no_nonce_and_a_jwk() {
+        let c = Client::new();
+        let mut h = c.header();
+        h.as_object_mut().unwrap().remove("nonce");
+        let jws = ParsedJws::parse_key_change_inner(&c.sign(h.clone(), "{}"), URL).unwrap();
+        assert!(jws.nonce.is_empty());
+        assert!(
+            ParsedJws::parse_key_change_inner(&c.sign(c.header(), "{}"), URL)
+                .unwrap_err()
+                .kind
+                == ProblemType::Malformed
+        );
+        h.as_object_mut().unwrap().remove("jwk");
+        h["kid"] = json!("https://ca.example/acme/account/1");
+        assert_eq!(
+            ParsedJws::parse_key_change_inner(&c.sign(h, "{}"), URL)
+                .unwrap_err()
+                .kind,
+            ProblemType::Malformed
+        );
     }
 
     #[test]

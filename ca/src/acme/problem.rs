@@ -79,6 +79,8 @@ impl ProblemType {
             ServerInternal => 500,
             RateLimited => 429,
             OrderNotReady => 403,
+            // §7.3.3: new terms of service to agree to, shown as 403 in the RFC's example.
+            UserActionRequired => 403,
             _ => 400,
         }
     }

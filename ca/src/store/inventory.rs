@@ -38,8 +38,59 @@ pub struct NewDevice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceChange {
     Added(Device),
-    Updated { before: Device, after: Device },
+    Updated {
+        before: Device,
+        after: Device,
+        /// Serials revoked because the new status removes trust (see [`revocation_reason`]).
+        revoked: Vec<String>,
+    },
     Unchanged(Device),
+}
+
+/// A status change made by [`SqliteStore::set_device_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub before: Device,
+    pub after: Device,
+    /// Serials revoked in the same transaction as the status change.
+    pub revoked: Vec<String>,
+}
+
+/// Why a device's certificates are revoked when it leaves `active` (RFC 5280 §5.3.1): a
+/// quarantined device's privilege is withdrawn (9); a retired device has ceased operation (5).
+/// Revocation is final either way; a device returning to `active` enrols again, so a stolen
+/// certificate of a quarantined device never becomes good again.
+pub fn revocation_reason(status: DeviceStatus) -> Option<i64> {
+    match status {
+        DeviceStatus::Active => None,
+        DeviceStatus::Quarantined => Some(9),
+        DeviceStatus::Retired => Some(5),
+    }
+}
+
+/// Revokes every unrevoked certificate of `device_id` if `status` removes trust; returns the
+/// serials. Runs inside the caller's transaction, so the status and the revocations commit
+/// together: there is no moment where a device is quarantined and its certificate still good.
+fn revoke_for_status(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    status: DeviceStatus,
+    now: i64,
+) -> rusqlite::Result<Vec<String>> {
+    let Some(reason) = revocation_reason(status) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = tx.prepare(
+        "SELECT serial FROM certificates WHERE device_id = ?1 AND revoked_at IS NULL ORDER BY serial",
+    )?;
+    let serials: Vec<String> = stmt
+        .query_map([device_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    tx.execute(
+        "UPDATE certificates SET revoked_at = ?2, revocation_reason = ?3 WHERE device_id = ?1 AND revoked_at IS NULL",
+        params![device_id, now, reason],
+    )?;
+    Ok(serials)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +191,7 @@ impl SqliteStore {
                          source = ?7, updated_at = ?8 WHERE id = ?1",
                         params![new.id, new.hw_module_id, new.platform, new.owner, tags, new.status.as_str(), new.source, now],
                     )?;
+                    let mut revoked = Vec::new();
                     if before.status != new.status {
                         insert_history(
                             &tx,
@@ -150,9 +202,14 @@ impl SqliteStore {
                             actor,
                             reason,
                         )?;
+                        revoked = revoke_for_status(&tx, &new.id, new.status, now)?;
                     }
                     let after = tx.query_row(&sql, [&new.id], device_from_row)?;
-                    DeviceChange::Updated { before, after }
+                    DeviceChange::Updated {
+                        before,
+                        after,
+                        revoked,
+                    }
                 }
             }
         };
@@ -160,7 +217,8 @@ impl SqliteStore {
         Ok(change)
     }
 
-    /// Sets a device's status, recording who and why. Returns the device before and after.
+    /// Sets a device's status, recording who and why; leaving `active` revokes the device's
+    /// certificates in the same transaction.
     pub fn set_device_status(
         &self,
         id: &str,
@@ -168,7 +226,7 @@ impl SqliteStore {
         actor: &str,
         reason: &str,
         now: SystemTime,
-    ) -> Result<(Device, Device), StoreError> {
+    ) -> Result<StatusChange, StoreError> {
         let now = unix(now);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -177,16 +235,22 @@ impl SqliteStore {
             .query_row(&sql, [id], device_from_row)
             .optional()?
             .ok_or(StoreError::NotFound("device"))?;
+        let mut revoked = Vec::new();
         if before.status != status {
             tx.execute(
                 "UPDATE devices SET status = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id, status.as_str(), now],
             )?;
             insert_history(&tx, id, now, Some(before.status), status, actor, reason)?;
+            revoked = revoke_for_status(&tx, id, status, now)?;
         }
         let after = tx.query_row(&sql, [id], device_from_row)?;
         tx.commit()?;
-        Ok((before, after))
+        Ok(StatusChange {
+            before,
+            after,
+            revoked,
+        })
     }
 
     pub fn device_history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -264,7 +328,7 @@ mod tests {
                 t,
             )
             .unwrap();
-        let DeviceChange::Updated { before, after } = change else {
+        let DeviceChange::Updated { before, after, .. } = change else {
             panic!("expected an update")
         };
         assert_eq!(
@@ -284,7 +348,7 @@ mod tests {
         store
             .upsert_device(&laptop(DeviceStatus::Active), "import", "initial", t)
             .unwrap();
-        let (before, after) = store
+        let StatusChange { before, after, .. } = store
             .set_device_status("SN-1", DeviceStatus::Retired, "admin:bob", "lost", t)
             .unwrap();
         assert_eq!(before.status, DeviceStatus::Active);
@@ -298,5 +362,79 @@ mod tests {
             store.set_device_status("nope", DeviceStatus::Active, "a", "b", t),
             Err(StoreError::NotFound("device"))
         ));
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use crate::store::{AcmeStore, NewCert};
+    use std::time::Duration;
+
+    fn device(status: DeviceStatus) -> NewDevice {
+        NewDevice {
+            id: "SN-9".into(),
+            hw_module_id: None,
+            platform: None,
+            owner: None,
+            tags: Default::default(),
+            status,
+            source: "manual".into(),
+        }
+    }
+
+    fn cert(store: &SqliteStore, serial: &str, device: &str) {
+        store
+            .record_certificate(&NewCert {
+                serial,
+                fingerprint: serial,
+                der: b"",
+                chain_pem: "",
+                not_before: 0,
+                not_after: 10,
+                device_id: Some(device),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn leaving_active_revokes_the_device_certificates_in_the_same_change() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(100);
+        store
+            .upsert_device(&device(DeviceStatus::Active), "import", "initial", t)
+            .unwrap();
+        cert(&store, "0a", "SN-9");
+        cert(&store, "0b", "SN-9");
+        cert(&store, "0c", "SN-other");
+        let change = store
+            .set_device_status("SN-9", DeviceStatus::Quarantined, "admin", "lost", t)
+            .unwrap();
+        assert_eq!(change.revoked, vec!["0a".to_string(), "0b".to_string()]);
+        let a = store.certificate("0a").unwrap().unwrap();
+        assert_eq!((a.revoked_at, a.revocation_reason), (Some(100), Some(9)));
+        assert_eq!(store.certificate("0c").unwrap().unwrap().revoked_at, None);
+        // Back to active revokes nothing and un-revokes nothing.
+        let change = store
+            .set_device_status("SN-9", DeviceStatus::Active, "admin", "found", t)
+            .unwrap();
+        assert!(change.revoked.is_empty());
+        assert_eq!(
+            store.certificate("0a").unwrap().unwrap().revocation_reason,
+            Some(9)
+        );
+        // Retiring through an import (upsert) revokes a newer certificate with reason 5.
+        cert(&store, "0d", "SN-9");
+        let DeviceChange::Updated { revoked, .. } = store
+            .upsert_device(&device(DeviceStatus::Retired), "import", "disposed", t)
+            .unwrap()
+        else {
+            panic!("expected an update")
+        };
+        assert_eq!(revoked, vec!["0d".to_string()]);
+        assert_eq!(
+            store.certificate("0d").unwrap().unwrap().revocation_reason,
+            Some(5)
+        );
     }
 }

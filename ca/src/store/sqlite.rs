@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Numbered migrations; index + 1 is the version. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
