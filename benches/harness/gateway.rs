@@ -3,7 +3,6 @@
 //! request, plain identity headers plus the signed assertion — and the audit sink either off
 //! or a file.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,24 +84,13 @@ impl Gateway {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in ["stderr.log", "stdout.log"] {
-            if let Ok(text) = std::fs::read_to_string(self.dir.join(name)) {
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                for line in tail.into_iter().rev() {
-                    let _ = writeln!(out, "{line}");
-                }
-            }
-        }
-        out
+        sys::log_tail(&self.dir, &["stderr.log", "stdout.log"])
     }
 
     /// Lines the gateway logged (at `warn` or worse, the configured level); a clean run
     /// should log none per request.
     pub fn log_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("stderr.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+        sys::line_count(&self.dir.join("stderr.log"))
     }
 
     /// SIGTERM (graceful drain), SIGKILL after 5 s.

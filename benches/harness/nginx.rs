@@ -2,7 +2,6 @@
 //! that does the comparable work — require and verify the client certificate, proxy over a
 //! keep-alive upstream pool, and pass the verification result on in a header.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,23 +103,12 @@ impl Nginx {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in ["stderr.log", "logs/error.log"] {
-            if let Ok(text) = std::fs::read_to_string(self.dir.join(name)) {
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                for line in tail.into_iter().rev() {
-                    let _ = writeln!(out, "{line}");
-                }
-            }
-        }
-        out
+        sys::log_tail(&self.dir, &["stderr.log", "logs/error.log"])
     }
 
     /// Lines in the error log at `warn` or worse, which a clean run should not produce.
     pub fn error_log_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("logs/error.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+        sys::line_count(&self.dir.join("logs/error.log"))
     }
 
     /// SIGTERM to the master (fast shutdown: it stops its workers), then SIGKILL for any

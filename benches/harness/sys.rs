@@ -277,3 +277,25 @@ pub fn pin_command(cmd: &mut std::process::Command, cpus: &[usize]) {
         });
     }
 }
+
+/// The last 20 lines of each of `names` in `dir`, for the error message of a proxy that died.
+pub fn log_tail(dir: &std::path::Path, names: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for name in names {
+        if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            for line in tail.into_iter().rev() {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+/// Lines in a log file (0 if it does not exist): a clean benchmark run logs none.
+pub fn line_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
