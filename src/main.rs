@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every component the config file enables (today: the mTLS gateway and the admin
+    /// Run every component the config file enables (the CA, the mTLS gateway, the admin
     /// listener). Reloads on SIGHUP and when the files change; SIGTERM drains and stops.
     Serve {
         #[arg(long, short, value_name = "FILE")]
@@ -33,8 +33,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Quickstart: create (or reuse) a data dir with a dev PKI, a demo inventory and a config,
-    /// start a demo upstream and the gateway, and print curl commands to try.
+    /// Quickstart: create (or reuse) a data dir with a CA, a demo inventory and a config,
+    /// start the CA, a demo upstream and the gateway, and print commands to try.
     Up {
         #[arg(long, value_name = "DIR", default_value = quickstart::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
@@ -47,6 +47,14 @@ enum Command {
         /// Demo upstream address written into a new config.
         #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_UPSTREAM_LISTEN)]
         upstream_listen: SocketAddr,
+        /// CA (ACME + inventory admin API) address written into a new config.
+        #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_CA_LISTEN)]
+        ca_listen: SocketAddr,
+    },
+    /// CA commands.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
     },
     /// Certificate commands.
     Cert {
@@ -62,6 +70,27 @@ enum ConfigCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root and an intermediate CA (keys 0600) and the trust bundle to hand to
+    /// enforcement points. Refuses to overwrite an existing CA. `serve` creates one on first
+    /// start too; `init` lets you choose the key type and name and look before serving.
+    Init {
+        /// Take data_dir, name and key_type from the [ca] section of this config.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The CA's data directory (`[ca] data_dir`).
+        #[arg(long, value_name = "DIR", required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Subject names become "<NAME> Root CA" and "<NAME> Intermediate CA".
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
+        #[arg(long, value_name = "TYPE")]
+        key_type: Option<portcullis_config::CaKeyType>,
     },
 }
 
@@ -126,12 +155,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             admin_listen,
             upstream_listen,
+            ca_listen,
         } => {
             let opts = quickstart::UpOptions {
                 data_dir,
                 listen,
                 admin_listen,
                 upstream_listen,
+                ca_listen,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -153,6 +184,53 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 });
                 quickstart::run(&opts, shutdown).await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command:
+                CaCommand::Init {
+                    config,
+                    data_dir,
+                    name,
+                    key_type,
+                },
+        } => {
+            let section = match &config {
+                Some(path) => {
+                    let config = portcullis_config::load_file(path).map_err(|e| anyhow!("{e}"))?;
+                    Some(
+                        config
+                            .ca
+                            .ok_or_else(|| anyhow!("{}: no [ca] section", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let data_dir = data_dir
+                .or_else(|| section.as_ref().map(|c| c.data_dir.clone()))
+                .ok_or_else(|| anyhow!("--data-dir or --config is needed"))?;
+            let mut opts = portcullis_ca::pki::InitOptions::default();
+            if let Some(c) = &section {
+                opts.name = c.name.clone();
+                opts.key = portcullis_ca::configure::key_algorithm(c.key_type);
+            }
+            if let Some(name) = name {
+                opts.name = name;
+            }
+            if let Some(key) = key_type {
+                opts.key = portcullis_ca::configure::key_algorithm(key);
+            }
+            let paths = portcullis_ca::service::Ca::init(
+                &data_dir,
+                &opts,
+                &portcullis_ca::clock::SystemClock,
+            )?;
+            println!("root:          {}", paths.root_cert.display());
+            println!("intermediate:  {}", paths.intermediate_cert.display());
+            println!(
+                "trust bundle:  {}  (hand this to enforcement points and ACME clients)",
+                paths.bundle.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {

@@ -1,28 +1,30 @@
-//! `portcullis up`: a working gateway in one command, with nothing to prepare.
+//! `portcullis up`: the CA, its inventory and a gateway in one command, with nothing to prepare.
 //!
 //! The first run creates a data directory:
 //!
 //! ```text
 //! portcullis-data/
 //!   portcullis.toml            the config (examples/portcullis.toml explains every key)
-//!   inventory.toml             two devices: laptop-alice (active, tag eng),
-//!                              laptop-mallory (quarantined)
-//!   pki/root-ca.pem  .key      dev root CA (the trust anchor; keys are 0600)
-//!   pki/issuing-ca.pem .key    dev issuing CA, signs the server and device certificates
-//!   pki/server.pem   .key      gateway certificate for localhost / 127.0.0.1 (+ issuing CA)
-//!   devices/<id>.pem .key      device client certificates (+ issuing CA), 24 h lifetime
+//!   ca/pki/root.pem .key       the CA's root (bundle.pem: the trust anchor; keys are 0600)
+//!   ca/pki/intermediate.pem .key   the issuing CA: ACME certificates, and the ones below
+//!   ca/ca.db                   the inventory (laptop-alice active, tag eng; laptop-mallory
+//!                              quarantined) and the ACME state, SQLite
+//!   admin.tokens               the inventory admin API's bearer token (0600)
+//!   pki/server.pem   .key      gateway certificate for localhost / 127.0.0.1
+//!   devices/<id>.pem .key      demo device client certificates, 24 h lifetime
 //!   assertion-keys/            ES256 keys of the X-Portcullis-Assertion JWT (created by serve)
 //!   audit.log                  one JSON line per access decision
 //! ```
 //!
-//! Later runs reuse it: the config, inventory and CAs are never overwritten (edit them: that is
-//! the point of the tour), but a device or server certificate that is missing, unreadable or
-//! about to expire is issued again from the same issuing CA, so that `up` still works the next
-//! day.
+//! Later runs reuse it: the config, the CA and the inventory are never overwritten (change them:
+//! that is the point of the tour), but a device or server certificate that is missing,
+//! unreadable or about to expire is issued again from the same CA, so that `up` still works
+//! the next day. The demo device certificates are made here, not over ACME: a device proves
+//! itself over ACME with a hardware attestation, which a laptop running the tour may not have.
 //!
 //! Then it starts the built-in demo upstream (`demo_upstream`) on the address the `demo`
-//! route points at, runs `serve` on the config, and prints the `curl` commands that succeed
-//! and fail.
+//! route points at, runs `serve` on the config (CA, gateway, admin listener), and prints the
+//! commands that succeed and fail.
 //!
 //! The listener uses `client_auth = "optional"` so that the `health` route answers without a
 //! certificate; the `demo` route still refuses any request without an active device (its rule
@@ -36,32 +38,43 @@ use anyhow::{anyhow, bail, Context};
 use portcullis_gateway::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use portcullis_ca::clock::SystemClock;
+use portcullis_ca::pki::{CaPaths, InitOptions};
+use portcullis_ca::store::{NewDevice, SqliteStore};
+use portcullis_config::DeviceStatus;
+
 use crate::demo_upstream::DemoUpstream;
-use crate::devpki::{self, Ca, DevPki, DeviceSpec, PkiFiles};
+use crate::devpki::{self, DeviceSpec};
 
 pub const DEFAULT_DATA_DIR: &str = "portcullis-data";
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 pub const DEFAULT_UPSTREAM_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8480);
+pub const DEFAULT_CA_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8444);
+/// The port the CA's http-01 validator connects to (Pebble's default `httpPort`): certbot
+/// `--standalone --http-01-port 5002` answers there without root.
+const HTTP01_PORT: u16 = 5002;
+/// The name the tour's certbot example asks a workload certificate for.
+const HTTP01_NAME: &str = "app.localhost";
 const TRUST_DOMAIN: &str = "portcullis.local";
 /// The route whose upstream is the built-in demo app.
 const DEMO_ROUTE: &str = "demo";
 /// Re-issue a certificate that expires sooner than this.
 const RENEW_BEFORE: Duration = Duration::from_secs(3600);
 
-/// The demo devices: (id, status, tags, owner, platform).
-const DEVICES: &[(&str, &str, &str, &str, &str)] = &[
+/// The demo devices: (id, status, tag, owner, platform).
+const DEVICES: &[(&str, DeviceStatus, &str, &str, &str)] = &[
     (
         "laptop-alice",
-        "active",
+        DeviceStatus::Active,
         "eng",
         "alice@example.com",
         "linux",
     ),
     (
         "laptop-mallory",
-        "quarantined",
+        DeviceStatus::Quarantined,
         "eng",
         "mallory@example.com",
         "windows",
@@ -75,6 +88,7 @@ pub struct UpOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub upstream_listen: SocketAddr,
+    pub ca_listen: SocketAddr,
 }
 
 impl Default for UpOptions {
@@ -84,6 +98,7 @@ impl Default for UpOptions {
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             upstream_listen: DEFAULT_UPSTREAM_LISTEN,
+            ca_listen: DEFAULT_CA_LISTEN,
         }
     }
 }
@@ -93,9 +108,11 @@ impl Default for UpOptions {
 pub struct DataDir {
     pub root: PathBuf,
     pub config: PathBuf,
-    pub inventory: PathBuf,
     pub audit_log: PathBuf,
-    pub pki: PkiFiles,
+    /// The CA's data directory (`[ca] data_dir`).
+    pub ca_dir: PathBuf,
+    pub ca: CaPaths,
+    pub admin_tokens: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub devices: PathBuf,
@@ -103,14 +120,15 @@ pub struct DataDir {
 
 impl DataDir {
     fn new(root: PathBuf) -> Self {
-        let pki_dir = root.join("pki");
+        let ca_dir = root.join("ca");
         Self {
             config: root.join("portcullis.toml"),
-            inventory: root.join("inventory.toml"),
             audit_log: root.join("audit.log"),
-            pki: PkiFiles::in_dir(&pki_dir),
-            server_cert: pki_dir.join("server.pem"),
-            server_key: pki_dir.join("server.key"),
+            ca: portcullis_ca::service::Ca::paths(&ca_dir),
+            ca_dir,
+            admin_tokens: root.join("admin.tokens"),
+            server_cert: root.join("pki/server.pem"),
+            server_key: root.join("pki/server.key"),
             devices: root.join("devices"),
             root,
         }
@@ -133,30 +151,24 @@ pub fn prepare(opts: &UpOptions) -> anyhow::Result<DataDir> {
         .with_context(|| format!("cannot resolve {}", opts.data_dir.display()))?;
     let dir = DataDir::new(root);
 
-    let pki_dir = dir
-        .pki
-        .root_cert
-        .parent()
-        .unwrap_or(&dir.root)
-        .to_path_buf();
-    let issuing: Ca = if dir.pki.all_exist() {
-        DevPki::load(&pki_dir)
-            .context("the data dir has a PKI that cannot be read; move pki/ away to start over")?
-            .issuing
-    } else if dir.pki.root_cert.exists() || dir.pki.issuing_cert.exists() {
-        // Half a PKI: generating a new root would silently invalidate every certificate the
-        // user already handed out.
-        bail!(
-            "{} is incomplete (expected root-ca.pem/.key and issuing-ca.pem/.key); \
-             move it away to start over",
-            pki_dir.display()
-        );
-    } else {
-        let pki = DevPki::generate("Portcullis Dev")?;
-        pki.write_to(&pki_dir)?;
-        eprintln!("created a dev root and issuing CA in {}", pki_dir.display());
-        pki.issuing
-    };
+    if !dir.ca.exists() {
+        if dir.ca.dir.exists() && std::fs::read_dir(&dir.ca.dir)?.next().is_some() {
+            // Half a CA: a new root would silently strand every certificate already handed out.
+            bail!(
+                "{} is incomplete (expected root, intermediate and bundle.pem); move it away \
+                 to start over",
+                dir.ca.dir.display()
+            );
+        }
+        let opts = InitOptions {
+            name: "Portcullis Dev".into(),
+            ..InitOptions::default()
+        };
+        portcullis_ca::service::Ca::init(&dir.ca_dir, &opts, &SystemClock)?;
+        eprintln!("created a CA in {}", dir.ca.dir.display());
+    }
+    let issuing = devpki::Ca::load(&dir.ca.intermediate_cert, &dir.ca.intermediate_key)
+        .context("the data dir has a CA that cannot be read; move ca/ away to start over")?;
 
     if needs_issuing(&dir.server_cert) {
         issuing
@@ -177,14 +189,54 @@ pub fn prepare(opts: &UpOptions) -> anyhow::Result<DataDir> {
         }
     }
 
-    if !dir.inventory.exists() {
-        devpki::write_public(&dir.inventory, &inventory_toml())?;
+    seed_inventory(&dir)?;
+    if !dir.admin_tokens.exists() {
+        devpki::write_private(
+            &dir.admin_tokens,
+            &format!(
+                "# Bearer tokens of the inventory admin API: `name token` per line.\n\
+                 # `portcullis inventory --config portcullis.toml ...` uses the first one.\n\
+                 admin {}\n",
+                random_token()?
+            ),
+        )?;
     }
     if !dir.config.exists() {
         devpki::write_public(&dir.config, &config_toml(opts))?;
         eprintln!("wrote {}", dir.config.display());
     }
     Ok(dir)
+}
+
+/// Adds the demo devices the inventory does not know yet; a device already there keeps
+/// whatever status the user gave it.
+fn seed_inventory(dir: &DataDir) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&dir.ca_dir.join("ca.db"))
+        .with_context(|| format!("opening {}", dir.ca_dir.join("ca.db").display()))?;
+    for (id, status, tag, owner, platform) in DEVICES {
+        if store.device(id)?.is_some() {
+            continue;
+        }
+        let device = NewDevice {
+            id: (*id).into(),
+            hw_module_id: None,
+            platform: Some((*platform).into()),
+            owner: Some((*owner).into()),
+            tags: [(*tag).to_string()].into(),
+            status: *status,
+            source: "portcullis up".into(),
+        };
+        store.upsert_device(&device, "portcullis up", "demo device", SystemTime::now())?;
+    }
+    Ok(())
+}
+
+/// 256 bits from the OS, hex.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow!("the OS random number generator failed"))?;
+    Ok(hex::encode(bytes))
 }
 
 /// Missing, unreadable, or expiring within [`RENEW_BEFORE`].
@@ -202,23 +254,6 @@ fn needs_issuing(cert: &Path) -> bool {
     }
 }
 
-fn inventory_toml() -> String {
-    let mut out = String::from(
-        "# Demo inventory written by `portcullis up`.\n\
-         #\n\
-         # Change a status (active | quarantined | retired) and save: the gateway reloads this\n\
-         # file within a second, and every open connection of a device that is no longer\n\
-         # active is cut. Devices not listed here are refused (unknown_device).\n",
-    );
-    for (id, status, tag, owner, platform) in DEVICES {
-        out.push_str(&format!(
-            "\n[[devices]]\nid = \"{id}\"\nstatus = \"{status}\"\ntags = [\"{tag}\"]\n\
-             owner = \"{owner}\"\nplatform = \"{platform}\"\n"
-        ));
-    }
-    out
-}
-
 fn config_toml(opts: &UpOptions) -> String {
     format!(
         r#"# Written by `portcullis up`. Every key is explained in examples/portcullis.toml.
@@ -226,12 +261,25 @@ fn config_toml(opts: &UpOptions) -> String {
 
 [trust]
 trust_domain = "{TRUST_DOMAIN}"
-roots = ["pki/root-ca.pem"]
+# No `roots`: the gateway trusts the bundle of the CA below (ca/pki/bundle.pem), and takes
+# device status from the CA's inventory.
 max_lifetime = "7d"
 
-[inventory]
-# Edit it and save: reloaded within a second.
-file = "inventory.toml"
+[ca]
+listen = "{ca}"
+data_dir = "ca"
+name = "Portcullis Dev"
+
+[ca.acme.http01]
+# Workload (server) certificates over http-01, for these names only. The validator connects
+# to port {HTTP01_PORT} so that `certbot --standalone --http-01-port {HTTP01_PORT}` works without root.
+allowed_names = ["{HTTP01_NAME}"]
+port = {HTTP01_PORT}
+hosts = {{ "{HTTP01_NAME}" = "127.0.0.1" }}
+
+[ca.admin_api]
+# `portcullis inventory --config portcullis.toml list | show | set-status | import`
+tokens_file = "admin.tokens"
 
 [log]
 format = "pretty"
@@ -276,6 +324,7 @@ allow = [{{ tag = "eng" }}]
         admin = opts.admin_listen,
         listen = opts.listen,
         upstream = opts.upstream_listen,
+        ca = opts.ca_listen,
     )
 }
 
@@ -306,9 +355,14 @@ fn demo_upstream_addr(config: &portcullis_config::Config) -> Option<SocketAddr> 
 }
 
 /// The text `up` prints once the gateway is ready.
-pub fn instructions(dir: &DataDir, gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
+pub fn instructions(
+    dir: &DataDir,
+    gateway: SocketAddr,
+    admin: Option<SocketAddr>,
+    ca: Option<&portcullis_config::CaConfig>,
+) -> String {
     let base = format!("https://localhost:{}", gateway.port());
-    let ca = dir.pki.root_cert.display();
+    let bundle = dir.ca.bundle.display();
     let cert = |id: &str| {
         format!(
             "--cert {} --key {}",
@@ -316,6 +370,9 @@ pub fn instructions(dir: &DataDir, gateway: SocketAddr, admin: Option<SocketAddr
             dir.device_key(id).display()
         )
     };
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "portcullis".into());
     let mut s = String::new();
     s.push_str(&format!(
         "\nPortcullis is up: gateway {base} (data in {})\n\n",
@@ -323,21 +380,30 @@ pub fn instructions(dir: &DataDir, gateway: SocketAddr, admin: Option<SocketAddr
     ));
     s.push_str("This succeeds (laptop-alice is active and tagged eng; the demo app echoes the identity headers it got):\n");
     s.push_str(&format!(
-        "  curl --cacert {ca} {} {base}/\n\n",
+        "  curl --cacert {bundle} {} {base}/\n\n",
         cert("laptop-alice")
     ));
     s.push_str("These are refused: 403 (quarantined device) and 496 (no device certificate):\n");
     s.push_str(&format!(
-        "  curl --cacert {ca} {} {base}/\n",
+        "  curl --cacert {bundle} {} {base}/\n",
         cert("laptop-mallory")
     ));
-    s.push_str(&format!("  curl --cacert {ca} {base}/\n\n"));
+    s.push_str(&format!("  curl --cacert {bundle} {base}/\n\n"));
     s.push_str("The health route needs no certificate:\n");
-    s.push_str(&format!("  curl --cacert {ca} {base}/healthz\n\n"));
-    s.push_str(&format!(
-        "Quarantine alice: set status = \"quarantined\" in {} and save.\n",
-        dir.inventory.display()
-    ));
+    s.push_str(&format!("  curl --cacert {bundle} {base}/healthz\n\n"));
+    if let Some(ca) = ca {
+        s.push_str(&format!(
+            "ACME directory: {}/acme/directory (CA bundle: {bundle})\n",
+            ca.base_url()
+        ));
+        if ca.admin_api.tokens_file.is_some() {
+            s.push_str(&format!(
+                "Quarantine alice (her open connections are cut within a second):\n  \
+                 {exe} inventory --config {} set-status laptop-alice quarantined --reason \"lost laptop\"\n",
+                dir.config.display()
+            ));
+        }
+    }
     s.push_str(&format!("Audit log: tail -f {}\n", dir.audit_log.display()));
     if let Some(admin) = admin {
         s.push_str(&format!("Metrics:   curl http://{admin}/metrics\n"));
@@ -398,7 +464,7 @@ pub async fn run(opts: &UpOptions, shutdown: CancellationToken) -> anyhow::Resul
             if serve.is_finished() {
                 return flatten(serve.await);
             }
-            println!("{}", instructions(&dir, gateway_addr, admin));
+            println!("{}", instructions(&dir, gateway_addr, admin, config.ca.as_ref()));
         }
         // The gateway failed before it was ready (e.g. the port is taken): its error is the
         // one to show.

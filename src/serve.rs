@@ -1,6 +1,10 @@
-//! `portcullis serve`: runs every component the config file enables (today: the gateway and
-//! the admin listener) and keeps them current.
+//! `portcullis serve`: runs every component the config file enables (the CA, the gateway, the
+//! admin listener) and keeps them current.
 //!
+//! - CA (`[ca]`): opened (created on first start, crash recovery run), served over HTTPS on
+//!   `ca.listen`. A gateway in the same process trusts the CA's bundle when `trust.roots` is
+//!   empty, and takes device status from the CA's inventory through the in-memory channel
+//!   (`portcullis_ca::status::follow`): a quarantine reaches it without a file or a network.
 //! - Logs go to stderr (JSON or pretty, from `[log]`), so that an audit sink on stdout stays a
 //!   clean stream of JSON lines. `RUST_LOG`, when set, overrides `log.level`.
 //! - Reload: on SIGHUP, and when the config file or a file it names for the listener (trust
@@ -23,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context};
-use portcullis_config::{Config, LogConfig, LogFormat};
+use portcullis_ca::clock::SystemClock;
+use portcullis_ca::service::Ca;
+use portcullis_config::{CaConfig, Config, LogConfig, LogFormat};
 use portcullis_gateway::admin::Admin;
 use portcullis_gateway::prometheus::{IntCounterVec, Opts, Registry};
 use portcullis_gateway::{CancellationToken, Gateway};
@@ -71,6 +77,41 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     portcullis_config::load_file(path).map_err(|e| anyhow!("{e}"))
 }
 
+/// Fills in what a config leaves to a CA running in the same process: with no `trust.roots`,
+/// the gateway trusts the CA's bundle. Applied to every load, so a reload keeps it.
+fn complete(mut config: Config, ca: Option<&Ca>) -> Config {
+    if let Some(ca) = ca {
+        if config.trust.roots.is_empty() {
+            config.trust.roots.push(ca.bundle_path().to_path_buf());
+        }
+    }
+    config
+}
+
+/// Opens the CA of `[ca]` (creating it on first start) and binds its listener.
+async fn open_ca(section: &CaConfig) -> anyhow::Result<(Arc<Ca>, tokio::net::TcpListener)> {
+    let settings = portcullis_ca::configure::settings(section)?;
+    let (ca, recovery) = Ca::open(settings, Arc::new(SystemClock))
+        .await
+        .context("opening the CA")?;
+    if recovery != Default::default() {
+        tracing::warn!(
+            ?recovery,
+            "the CA finished work a previous run left unfinished"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(section.listen)
+        .await
+        .with_context(|| format!("ca.listen {}: cannot bind", section.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        directory = %ca.directory_url(),
+        bundle = %ca.bundle_path().display(),
+        "CA listening"
+    );
+    Ok((Arc::new(ca), listener))
+}
+
 /// Installs the global tracing subscriber once (later calls do nothing).
 pub fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
@@ -98,8 +139,20 @@ pub async fn run_with_shutdown(
     config_path: &Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut config = load(config_path)?;
-    init_tracing(&config.log);
+    let loaded = load(config_path)?;
+    init_tracing(&loaded.log);
+
+    let ca = match &loaded.ca {
+        Some(section) => Some(open_ca(section).await?),
+        None => None,
+    };
+    let ca_task = ca.as_ref().map(|(ca, _)| ca.clone());
+    let mut ca_serve = ca.map(|(ca, listener)| {
+        let stop = shutdown.clone();
+        tokio::spawn(async move { ca.serve(listener, stop.cancelled_owned()).await })
+    });
+    let ca = ca_task;
+    let mut config = complete(loaded, ca.as_deref());
 
     let registry = Registry::new();
     let reloads = IntCounterVec::new(
@@ -115,9 +168,11 @@ pub async fn run_with_shutdown(
     }
 
     let mut inventory = Watched::new(config.inventory.file.clone());
-    let mut initial = match &config.inventory.file {
-        Some(path) => read_inventory(path)?,
-        None => {
+    let mut initial = match (&config.inventory.file, &ca) {
+        (Some(path), _) => read_inventory(path)?,
+        (None, Some(ca)) => portcullis_ca::status::snapshot(&ca.store, SystemTime::now())
+            .context("reading the CA's inventory")?,
+        (None, None) => {
             tracing::warn!("no [inventory] file: every device is unknown and will be refused");
             StatusSnapshot::default()
         }
@@ -126,6 +181,19 @@ pub async fn run_with_shutdown(
     initial.generation = initial.generation.max(1);
     inventory.refresh();
     let status = Arc::new(StatusStore::new(initial));
+    let follower = ca
+        .as_ref()
+        .filter(|_| config.inventory.file.is_none())
+        .map(|ca| {
+            let stop = shutdown.clone();
+            tokio::spawn(portcullis_ca::status::follow(
+                ca.inventory.clone(),
+                ca.store.clone(),
+                Arc::new(SystemClock),
+                status.clone(),
+                stop.cancelled_owned(),
+            ))
+        });
 
     let gateway = match &config.gateway {
         Some(_) => Some(Gateway::new(&config, status.clone(), &registry)?),
@@ -155,6 +223,22 @@ pub async fn run_with_shutdown(
         let reload_now = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            ended = async {
+                match ca_serve.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                ca_serve = None;
+                // The CA only returns before shutdown when it failed.
+                failure = Some(match ended {
+                    Ok(Ok(())) => anyhow!("the CA stopped"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("the CA failed"),
+                    Err(e) => anyhow!("the CA task panicked: {e}"),
+                });
+                shutdown.cancel();
+                break;
+            }
             ended = async {
                 match gateway_task.as_mut() {
                     Some(task) => task.await,
@@ -188,7 +272,7 @@ pub async fn run_with_shutdown(
         if !reload_now {
             continue;
         }
-        match reload(config_path, &config, gateway.as_ref()) {
+        match reload(config_path, &config, gateway.as_ref(), ca.as_deref()) {
             Ok(next) => {
                 reloads.with_label_values(&["ok"]).inc();
                 if next.inventory.file != config.inventory.file {
@@ -216,6 +300,16 @@ pub async fn run_with_shutdown(
             Err(e) => tracing::error!("gateway task: {e}"),
         }
     }
+    if let Some(task) = ca_serve {
+        match task.await {
+            Ok(Ok(())) => tracing::debug!("CA stopped"),
+            Ok(Err(e)) => tracing::error!("CA: {e:#}"),
+            Err(e) => tracing::error!("CA task: {e}"),
+        }
+    }
+    if let Some(task) = follower {
+        let _ = task.await;
+    }
     if let Some(task) = admin_task {
         if let Ok(Err(e)) = task.await {
             tracing::error!("admin: {e:#}");
@@ -229,8 +323,16 @@ pub async fn run_with_shutdown(
 }
 
 /// Loads and applies a new config; `Err` leaves everything as it was.
-fn reload(path: &Path, current: &Config, gateway: Option<&Gateway>) -> anyhow::Result<Config> {
-    let next = load(path)?;
+fn reload(
+    path: &Path,
+    current: &Config,
+    gateway: Option<&Gateway>,
+    ca: Option<&Ca>,
+) -> anyhow::Result<Config> {
+    let next = complete(load(path)?, ca);
+    if next.ca != current.ca {
+        tracing::warn!("[ca] changed; restart to apply it");
+    }
     match (gateway, &next.gateway) {
         (Some(g), Some(_)) => g.reload(&next)?,
         (None, Some(_)) => {

@@ -341,10 +341,11 @@ fn up_starts_and_the_printed_curl_commands_do_what_they_say() {
 
     // Private keys are 0600.
     for key in [
-        "pki/root-ca.key",
-        "pki/issuing-ca.key",
+        "ca/pki/root.key",
+        "ca/pki/intermediate.key",
         "pki/server.key",
         "devices/laptop-alice.key",
+        "admin.tokens",
     ] {
         let mode = std::fs::metadata(data.join(key))
             .unwrap()
@@ -352,7 +353,7 @@ fn up_starts_and_the_printed_curl_commands_do_what_they_say() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
-    let root_before = std::fs::read(data.join("pki/root-ca.pem")).unwrap();
+    let root_before = std::fs::read(data.join("ca/pki/root.pem")).unwrap();
     let alice_before = std::fs::read(data.join("devices/laptop-alice.pem")).unwrap();
     drop(up);
 
@@ -365,7 +366,7 @@ fn up_starts_and_the_printed_curl_commands_do_what_they_say() {
         "same command printed again"
     );
     assert_eq!(
-        std::fs::read(data.join("pki/root-ca.pem")).unwrap(),
+        std::fs::read(data.join("ca/pki/root.pem")).unwrap(),
         root_before
     );
     assert_eq!(

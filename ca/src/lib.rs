@@ -5,14 +5,22 @@
 //! - [`acme`]: protocol pieces (JWS, JWK, nonces, problems) and the axum server.
 //! - [`store`]: SQLite (WAL) with versioned migrations; issuance is transactional.
 //! - [`clock`]: injected time.
-//! - [`inventory`]: devices and their status; trust removal revokes, changes are broadcast.
+//! - [`configure`]: the `[ca]` config section → [`service::CaSettings`].
+//! - [`inventory`]: devices and their status; trust removal revokes, changes are broadcast;
+//!   imports of MDM/ITAM exports (CSV, JSON).
+//! - [`admin_api`]: the inventory's HTTPS admin API (`/admin/v1`) and its client.
 //! - [`service`]: the CA as one object for the binary (init, open + recover, serve).
+//! - [`status`]: the inventory as the in-process status source of enforcement points.
 //! - [`tls`]: HTTPS for the ACME endpoint with a self-issued, self-renewing certificate.
 
 pub mod acme;
+pub mod admin_api;
+pub mod attest;
 pub mod clock;
+pub mod configure;
 pub mod inventory;
 pub mod pki;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod tls;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::acme::{AcmeConfig, AcmeServer, Recovery};
+use crate::admin_api::{AdminApi, AdminApiError, AdminApiSettings};
 use crate::clock::Clock;
 use crate::inventory::Inventory;
 use crate::pki::{Authority, CaPaths, InitOptions, LifetimePolicy, PkiError, DEFAULT_MAX_LIFETIME};
@@ -26,6 +27,8 @@ pub enum CaError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    AdminApi(#[from] AdminApiError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -46,6 +49,8 @@ pub struct CaSettings {
     /// Names and addresses on the CA's own HTTPS certificate (those in `acme.base_url`).
     pub tls_dns_names: Vec<String>,
     pub tls_ip_addresses: Vec<IpAddr>,
+    /// The inventory admin API under `/admin/v1`; off when it names no credential source.
+    pub admin_api: AdminApiSettings,
 }
 
 impl CaSettings {
@@ -57,6 +62,7 @@ impl CaSettings {
             acme,
             tls_dns_names: Vec::new(),
             tls_ip_addresses: Vec::new(),
+            admin_api: AdminApiSettings::default(),
         }
     }
 }
@@ -67,6 +73,8 @@ pub struct Ca {
     pub pki: Arc<Authority>,
     pub acme: Arc<AcmeServer>,
     pub inventory: Arc<Inventory>,
+    /// `None` when the admin API is off.
+    pub admin: Option<Arc<AdminApi>>,
     clock: Arc<dyn Clock>,
     settings: CaSettings,
 }
@@ -127,6 +135,22 @@ impl Ca {
             clock.clone(),
             INVENTORY_CHANNEL,
         ));
+        // The CA's own certificates may not be admin roots (every device would be an admin).
+        let ca_certs = vec![
+            crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").map_err(|e| {
+                CaError::Io {
+                    path: paths.root_cert.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                }
+            })?,
+            pki.intermediate_der().to_vec(),
+        ];
+        let admin = AdminApi::from_settings(
+            &settings.admin_api,
+            inventory.clone(),
+            clock.clone(),
+            &ca_certs,
+        )?;
         let recovery = acme.recover().await?;
         if recovery != Recovery::default() {
             tracing::warn!(?recovery, "finished work interrupted by a previous crash");
@@ -138,6 +162,7 @@ impl Ca {
                 pki,
                 acme,
                 inventory,
+                admin,
                 clock,
                 settings,
             },
@@ -154,12 +179,19 @@ impl Ca {
         &self.paths.bundle
     }
 
+    /// ACME under `/acme/`, and the admin API under `/admin/v1/` when it is on. Mounted
+    /// elsewhere than [`Ca::serve`], the admin API accepts bearer tokens only (client
+    /// certificates reach it through [`tls::serve_tls`]).
     pub fn router(&self) -> axum::Router {
-        self.acme.router()
+        let router = self.acme.router();
+        match &self.admin {
+            Some(admin) => router.nest(crate::admin_api::PREFIX, admin.router()),
+            None => router,
+        }
     }
 
-    /// Serves ACME over HTTPS on `listener` until `shutdown`, with a certificate for the
-    /// configured TLS names issued by this CA.
+    /// Serves ACME (and the admin API, when on) over HTTPS on `listener` until `shutdown`,
+    /// with a certificate for the configured TLS names issued by this CA.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -172,7 +204,10 @@ impl Ca {
             self.settings.tls_dns_names.clone(),
             self.settings.tls_ip_addresses.clone(),
         )?;
-        let config = tls::server_config(Arc::new(certs))?;
+        // With admin client roots, a client certificate is requested (never required: ACME
+        // clients have none) and verified against them in the handshake.
+        let client_verifier = self.admin.as_ref().and_then(|a| a.client_verifier());
+        let config = tls::server_config_with_client_auth(Arc::new(certs), client_verifier)?;
         tls::serve_tls(listener, self.router(), config, shutdown).await;
         Ok(())
     }

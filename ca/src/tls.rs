@@ -3,6 +3,12 @@
 //!
 //! Clients trust it through the same `bundle.pem` enforcement points use; no external CA and
 //! no certificate files to rotate by hand.
+//!
+//! When the admin API accepts client certificates, the server *requests* one (never requires
+//! it: ACME clients present none) and verifies any that is presented against the admin roots
+//! during the handshake; a certificate that does not verify fails the handshake. The verified
+//! chain is handed to the router as a [`PeerCertificates`] request extension, which only this
+//! module inserts — a request cannot forge it.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -11,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -151,13 +158,32 @@ fn issue(
     Ok((Arc::new(CertifiedKey::new(chain, signing_key)), renew_at))
 }
 
+/// The client certificate chain (leaf first) the TLS handshake verified, as a request
+/// extension. Present only on connections where a client certificate was presented and
+/// verified by the configured client verifier.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+
 /// A rustls server configuration presenting `certs`, offering HTTP/2 and HTTP/1.1.
 pub fn server_config(certs: Arc<SelfIssued>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    server_config_with_client_auth(certs, None)
+}
+
+/// Like [`server_config`]; with `client_verifier`, a client certificate is requested and, if
+/// presented, must pass it (build it with `allow_unauthenticated` so that clients without one
+/// still connect).
+pub fn server_config_with_client_auth(
+    certs: Arc<SelfIssued>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
+    .with_safe_default_protocol_versions()?;
+    let mut config = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    }
     .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -187,7 +213,7 @@ pub async fn serve_tls(
             },
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -200,6 +226,20 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            // Read once per connection; a resumed TLS 1.3 session carries the chain verified
+            // in the full handshake (the admin API checks its validity again per request).
+            let client_chain = tls.get_ref().1.peer_certificates().map(|chain| {
+                PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect())
+            });
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                router,
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    if let Some(chain) = &client_chain {
+                        req.extensions_mut().insert(chain.clone());
+                    }
+                    req
+                },
+            ));
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
                 .await

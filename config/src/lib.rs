@@ -1,6 +1,7 @@
 //! Portcullis configuration: one TOML file, typed, validated with errors that name the file,
 //! line and key, and swapped whole on reload.
 
+mod ca;
 mod error;
 mod load;
 mod locate;
@@ -8,6 +9,7 @@ mod model;
 mod reload;
 mod validate;
 
+pub use ca::*;
 pub use error::{ConfigError, Problem};
 pub use load::{load_file, parse_str};
 pub use model::*;

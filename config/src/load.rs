@@ -77,6 +77,16 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         fix(&mut sink);
         config.audit.sink = sink.to_string_lossy().into_owned();
     }
+    if let Some(ca) = config.ca.as_mut() {
+        fix(&mut ca.data_dir);
+        for p in [&mut ca.acme.eab_keys_file, &mut ca.admin_api.tokens_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        ca.admin_api.client_roots.iter_mut().for_each(fix);
+    }
     if let Some(gw) = config.gateway.as_mut() {
         fix(&mut gw.cert);
         fix(&mut gw.key);

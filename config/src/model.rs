@@ -26,6 +26,9 @@ pub struct Config {
     /// The mTLS reverse proxy; absent means the gateway is not run.
     #[serde(default)]
     pub gateway: Option<GatewayConfig>,
+    /// The attesting ACME CA and its inventory; absent means the CA is not run.
+    #[serde(default)]
+    pub ca: Option<crate::ca::CaConfig>,
 }
 
 /// What a device certificate must chain to, and how strictly its validity is read.

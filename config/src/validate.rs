@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::ca::CaConfig;
 use crate::locate::KeyPath;
 use crate::model::{Config, Criterion, GatewayConfig, RouteConfig};
 
@@ -14,6 +15,9 @@ type Problems = Vec<(KeyPath, String)>;
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
 /// An assertion is a bearer token; it must not outlive a few minutes.
 const MAX_ASSERTION_TTL: Duration = Duration::from_secs(300);
+/// Below a few minutes, clock skew between devices and enforcement points makes certificates
+/// unusable (the CA crate enforces the same floor).
+const MIN_CERT_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 pub(crate) fn validate(config: &Config) -> Problems {
     let mut out = Problems::new();
@@ -56,8 +60,21 @@ pub(crate) fn validate(config: &Config) -> Problems {
             "must be stdout, stderr, off or a file path".into(),
         ));
     }
+    if let Some(ca) = &config.ca {
+        validate_ca(&mut out, &root.key("ca"), ca);
+        if config.inventory.file.is_some() {
+            // Two sources of truth for one fleet would disagree sooner or later.
+            out.push((
+                root.key("inventory").key("file"),
+                "with [ca] the CA's inventory is the status source; import this file with \
+                 `portcullis inventory import` and remove the key"
+                    .into(),
+            ));
+        }
+    }
     if let Some(gw) = &config.gateway {
-        if config.trust.roots.is_empty() {
+        // With a CA in the same process, the gateway trusts the CA's bundle by default.
+        if config.trust.roots.is_empty() && config.ca.is_none() {
             out.push((
                 trust.key("roots"),
                 "the gateway is enabled but no trust roots are configured: no device could connect"
@@ -124,6 +141,102 @@ fn validate_gateway(out: &mut Problems, at: &KeyPath, gw: &GatewayConfig) {
                 ),
             ));
         }
+    }
+}
+
+/// RFC 8555 §7.1: the directory's URLs are HTTPS; a path would make every URL ambiguous.
+fn validate_ca(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
+    if let Some(url) = &ca.base_url {
+        match url.strip_prefix("https://") {
+            None => out.push((
+                at.key("base_url"),
+                format!("`{url}` must be an https:// URL (RFC 8555 §6.1)"),
+            )),
+            Some(rest) => {
+                let rest = rest.trim_end_matches('/');
+                if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+                    out.push((
+                        at.key("base_url"),
+                        format!("`{url}` must be scheme, host and port only, e.g. https://ca.example:8444"),
+                    ));
+                }
+            }
+        }
+    }
+    if ca.data_dir.as_os_str().is_empty() {
+        out.push((at.key("data_dir"), "must not be empty".into()));
+    }
+    for (i, name) in ca.tls_names.iter().enumerate() {
+        if !is_dns_name(name) {
+            out.push((
+                at.key("tls_names").index(i),
+                format!("`{name}` is not a DNS name"),
+            ));
+        }
+    }
+    if ca.max_lifetime < MIN_CERT_LIFETIME {
+        out.push((
+            at.key("max_lifetime"),
+            format!("at least {}s", MIN_CERT_LIFETIME.as_secs()),
+        ));
+    }
+    let templates = at.key("templates");
+    for (key, t) in [
+        ("device", &ca.templates.device),
+        ("workload", &ca.templates.workload),
+    ] {
+        if t.lifetime < MIN_CERT_LIFETIME || t.lifetime > ca.max_lifetime {
+            out.push((
+                templates.key(key).key("lifetime"),
+                format!(
+                    "between {}s and ca.max_lifetime ({}s)",
+                    MIN_CERT_LIFETIME.as_secs(),
+                    ca.max_lifetime.as_secs()
+                ),
+            ));
+        }
+    }
+    let acme = at.key("acme");
+    if let Some(f) = &ca.acme.eab_keys_file {
+        check_file(out, acme.key("eab_keys_file"), f);
+    } else if ca.acme.external_account_required {
+        out.push((
+            acme.key("external_account_required"),
+            "needs acme.eab_keys_file: no account could be created".into(),
+        ));
+    }
+    if ca.acme.order_lifetime < Duration::from_secs(60) {
+        out.push((acme.key("order_lifetime"), "at least 60s".into()));
+    }
+    if let Some(h) = &ca.acme.http01 {
+        let http01 = acme.key("http01");
+        if h.allowed_names.is_empty() {
+            out.push((
+                http01.key("allowed_names"),
+                "is empty: http-01 could not issue for any name".into(),
+            ));
+        }
+        for (i, name) in h.allowed_names.iter().enumerate() {
+            if !is_dns_name(name.strip_prefix("*.").unwrap_or(name)) {
+                out.push((
+                    http01.key("allowed_names").index(i),
+                    format!("`{name}` is not a DNS name or `*.domain`"),
+                ));
+            }
+        }
+        if h.port == 0 {
+            out.push((http01.key("port"), "must not be 0".into()));
+        }
+        if h.timeout.is_zero() {
+            out.push((http01.key("timeout"), "must be longer than zero".into()));
+        }
+    }
+    let api = at.key("admin_api");
+    if let Some(f) = &ca.admin_api.tokens_file {
+        check_file(out, api.key("tokens_file"), f);
+    }
+    for (i, p) in ca.admin_api.client_roots.iter().enumerate() {
+        check_file(out, api.key("client_roots").index(i), p);
     }
 }
 

@@ -345,3 +345,156 @@ fn an_empty_file_is_a_valid_config_without_components() {
     let cfg = fx.parse("").unwrap();
     assert!(cfg.gateway.is_none());
 }
+
+const CA: &str = r#"
+[ca]
+listen = "127.0.0.1:8444"
+data_dir = "ca"
+tls_names = ["ca.internal"]
+key_type = "ecdsa-p384"
+
+[ca.acme]
+terms_of_service = "https://example.com/tos"
+eab_keys_file = "eab.keys"
+external_account_required = true
+
+[ca.acme.http01]
+allowed_names = ["*.apps.test", "build.test"]
+port = 5002
+hosts = { "build.test" = "127.0.0.1" }
+
+[ca.templates.device]
+lifetime = "8h"
+
+[ca.admin_api]
+tokens_file = "admin.tokens"
+client_roots = ["roots.pem"]
+"#;
+
+#[test]
+fn a_ca_section_loads_with_defaults_and_resolved_paths() {
+    let fx = Fixture::new();
+    for f in ["eab.keys", "admin.tokens"] {
+        std::fs::write(fx.dir.path().join(f), "x").unwrap();
+    }
+    let cfg = fx.parse(CA).unwrap();
+    let ca = cfg.ca.expect("[ca] parsed");
+    assert_eq!(ca.base_url(), "https://127.0.0.1:8444");
+    assert_eq!(ca.data_dir, fx.dir.path().join("ca"));
+    assert_eq!(ca.key_type, portcullis_config::CaKeyType::EcdsaP384);
+    assert_eq!(ca.templates.device.lifetime.as_secs(), 8 * 3600);
+    assert_eq!(ca.templates.workload.lifetime.as_secs(), 24 * 3600);
+    assert_eq!(ca.max_lifetime.as_secs(), 7 * 24 * 3600);
+    assert_eq!(ca.acme.eab_keys_file, Some(fx.dir.path().join("eab.keys")));
+    assert_eq!(
+        ca.admin_api.tokens_file,
+        Some(fx.dir.path().join("admin.tokens"))
+    );
+    assert_eq!(
+        ca.admin_api.client_roots,
+        vec![fx.dir.path().join("roots.pem")]
+    );
+    let http01 = ca.acme.http01.expect("http01 on");
+    assert_eq!(http01.port, 5002);
+    assert_eq!(http01.hosts["build.test"].to_string(), "127.0.0.1");
+}
+
+#[test]
+fn a_gateway_beside_a_ca_needs_no_explicit_roots() {
+    let fx = Fixture::new();
+    let text = GOOD
+        .replace("roots = [\"roots.pem\"]", "")
+        .replace("file = \"inventory.toml\"", "")
+        + "\n[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n";
+    fx.parse(&text)
+        .expect("the CA's bundle stands in for trust.roots");
+    let alone = GOOD.replace("roots = [\"roots.pem\"]", "");
+    assert!(fx
+        .problems(&alone)
+        .iter()
+        .any(|p| p.contains("trust.roots")));
+}
+
+#[test]
+fn each_ca_rule_is_checked() {
+    let fx = Fixture::new();
+    let base = "[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "base_url = \"http://ca:1\"\n",
+            "ca.base_url: `http://ca:1` must be an https:// URL",
+        ),
+        (
+            "base_url = \"https://ca:1/acme\"\n",
+            "ca.base_url: `https://ca:1/acme` must be scheme, host and port only",
+        ),
+        (
+            "tls_names = [\"bad name\"]\n",
+            "ca.tls_names[0]: `bad name` is not a DNS name",
+        ),
+        ("max_lifetime = \"1m\"\n", "ca.max_lifetime: at least 300s"),
+        ("key_type = \"dsa\"\n", "unknown variant `dsa`"),
+        (
+            "[ca.templates.device]\nlifetime = \"1m\"\n",
+            "ca.templates.device.lifetime: between 300s and ca.max_lifetime",
+        ),
+        (
+            "max_lifetime = \"1h\"\n[ca.templates.workload]\nlifetime = \"2h\"\n",
+            "ca.templates.workload.lifetime: between 300s and ca.max_lifetime (3600s)",
+        ),
+        (
+            "[ca.acme]\nexternal_account_required = true\n",
+            "ca.acme.external_account_required: needs acme.eab_keys_file",
+        ),
+        (
+            "[ca.acme]\neab_keys_file = \"missing.keys\"\n",
+            "ca.acme.eab_keys_file: `",
+        ),
+        (
+            "[ca.acme]\norder_lifetime = \"5s\"\n",
+            "ca.acme.order_lifetime: at least 60s",
+        ),
+        (
+            "[ca.acme.http01]\nallowed_names = []\n",
+            "ca.acme.http01.allowed_names: is empty",
+        ),
+        (
+            "[ca.acme.http01]\nallowed_names = [\"*.-x\"]\n",
+            "ca.acme.http01.allowed_names[0]: `*.-x` is not a DNS name",
+        ),
+        (
+            "[ca.acme.http01]\nallowed_names = [\"a.test\"]\nport = 0\n",
+            "ca.acme.http01.port: must not be 0",
+        ),
+        (
+            "[ca.admin_api]\ntokens_file = \"nope\"\n",
+            "ca.admin_api.tokens_file: `",
+        ),
+        (
+            "[ca.admin_api]\nclient_roots = [\"nope.pem\"]\n",
+            "ca.admin_api.client_roots[0]: `",
+        ),
+        ("unknown = 1\n", "unknown field `unknown`"),
+    ];
+    for (extra, expected) in cases {
+        let text = format!("{base}{extra}");
+        let problems = fx.problems(&text);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{extra:?}: expected a problem containing {expected:?}, got {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn an_inventory_file_beside_a_ca_is_refused() {
+    let fx = Fixture::new();
+    let text = format!("{GOOD}\n[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n");
+    let problems = fx.problems(&text);
+    assert!(
+        problems.iter().any(
+            |p| p.contains("inventory.file: with [ca] the CA's inventory is the status source")
+        ),
+        "{problems:?}"
+    );
+}

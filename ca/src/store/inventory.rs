@@ -161,60 +161,69 @@ impl SqliteStore {
         let now = unix(now);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1");
-        let before = tx.query_row(&sql, [&new.id], device_from_row).optional()?;
-        let tags =
-            serde_json::to_string(&new.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let change = match before {
-            None => {
-                tx.execute(
-                    "INSERT INTO devices (id, hw_module_id, platform, owner, tags, status, source, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                    params![new.id, new.hw_module_id, new.platform, new.owner, tags, new.status.as_str(), new.source, now],
-                )?;
-                insert_history(&tx, &new.id, now, None, new.status, actor, reason)?;
-                let after = tx.query_row(&sql, [&new.id], device_from_row)?;
-                DeviceChange::Added(after)
-            }
-            Some(before) => {
-                let same = before.hw_module_id == new.hw_module_id
-                    && before.platform == new.platform
-                    && before.owner == new.owner
-                    && before.tags == new.tags
-                    && before.status == new.status
-                    && before.source == new.source;
-                if same {
-                    DeviceChange::Unchanged(before)
-                } else {
-                    tx.execute(
-                        "UPDATE devices SET hw_module_id = ?2, platform = ?3, owner = ?4, tags = ?5, status = ?6,
-                         source = ?7, updated_at = ?8 WHERE id = ?1",
-                        params![new.id, new.hw_module_id, new.platform, new.owner, tags, new.status.as_str(), new.source, now],
-                    )?;
-                    let mut revoked = Vec::new();
-                    if before.status != new.status {
-                        insert_history(
-                            &tx,
-                            &new.id,
-                            now,
-                            Some(before.status),
-                            new.status,
-                            actor,
-                            reason,
-                        )?;
-                        revoked = revoke_for_status(&tx, &new.id, new.status, now)?;
-                    }
-                    let after = tx.query_row(&sql, [&new.id], device_from_row)?;
-                    DeviceChange::Updated {
-                        before,
-                        after,
-                        revoked,
-                    }
-                }
-            }
-        };
+        let change = upsert_in_tx(&tx, new, actor, reason, now)?;
         tx.commit()?;
         Ok(change)
+    }
+
+    /// Applies `items` (an import) in ONE transaction: `resolve` merges each item with the
+    /// device's current row, read inside that transaction (so a concurrent change is never
+    /// overwritten with a stale value); the result is upserted, its status change recorded
+    /// and, when trust is removed, the device's certificates revoked. Any failure rolls
+    /// everything back.
+    ///
+    /// With `commit == false` (a dry run) the very same statements run and are then rolled
+    /// back, so the diff a dry run reports is exactly what an apply would do — including the
+    /// serials it would revoke — and nothing is written.
+    ///
+    /// Two items for one device are refused: their order would decide the result.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert_devices_with<T>(
+        &self,
+        items: &[T],
+        id_of: impl Fn(&T) -> &str,
+        resolve: impl Fn(&T, Option<&Device>) -> NewDevice,
+        actor: &str,
+        reason: &str,
+        now: SystemTime,
+        commit: bool,
+    ) -> Result<Vec<DeviceChange>, StoreError> {
+        let mut seen = BTreeSet::new();
+        for item in items {
+            let id = id_of(item);
+            if !seen.insert(id) {
+                return Err(StoreError::Conflict(format!(
+                    "device `{id}` appears more than once"
+                )));
+            }
+        }
+        let now = unix(now);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1");
+        let mut changes = Vec::with_capacity(items.len());
+        for item in items {
+            let current = tx
+                .query_row(&sql, [id_of(item)], device_from_row)
+                .optional()?;
+            let new = resolve(item, current.as_ref());
+            if new.id != id_of(item) {
+                // `resolve` is ours, but an id mix-up would write one device's data onto
+                // another: refuse rather than trust it.
+                return Err(StoreError::Conflict(format!(
+                    "resolved device `{}` for `{}`",
+                    new.id,
+                    id_of(item)
+                )));
+            }
+            changes.push(upsert_in_tx(&tx, &new, actor, reason, now)?);
+        }
+        if commit {
+            tx.commit()?;
+        } else {
+            tx.rollback()?;
+        }
+        Ok(changes)
     }
 
     /// Sets a device's status, recording who and why; leaving `active` revokes the device's
@@ -270,6 +279,68 @@ impl SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The body of an upsert, inside the caller's transaction.
+fn upsert_in_tx(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewDevice,
+    actor: &str,
+    reason: &str,
+    now: i64,
+) -> Result<DeviceChange, StoreError> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1");
+    let before = tx.query_row(&sql, [&new.id], device_from_row).optional()?;
+    let tags = serde_json::to_string(&new.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let change = match before {
+        None => {
+            tx.execute(
+                "INSERT INTO devices (id, hw_module_id, platform, owner, tags, status, source, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![new.id, new.hw_module_id, new.platform, new.owner, tags, new.status.as_str(), new.source, now],
+            )?;
+            insert_history(tx, &new.id, now, None, new.status, actor, reason)?;
+            let after = tx.query_row(&sql, [&new.id], device_from_row)?;
+            DeviceChange::Added(after)
+        }
+        Some(before) => {
+            let same = before.hw_module_id == new.hw_module_id
+                && before.platform == new.platform
+                && before.owner == new.owner
+                && before.tags == new.tags
+                && before.status == new.status
+                && before.source == new.source;
+            if same {
+                DeviceChange::Unchanged(before)
+            } else {
+                tx.execute(
+                    "UPDATE devices SET hw_module_id = ?2, platform = ?3, owner = ?4, tags = ?5, status = ?6,
+                     source = ?7, updated_at = ?8 WHERE id = ?1",
+                    params![new.id, new.hw_module_id, new.platform, new.owner, tags, new.status.as_str(), new.source, now],
+                )?;
+                let mut revoked = Vec::new();
+                if before.status != new.status {
+                    insert_history(
+                        tx,
+                        &new.id,
+                        now,
+                        Some(before.status),
+                        new.status,
+                        actor,
+                        reason,
+                    )?;
+                    revoked = revoke_for_status(tx, &new.id, new.status, now)?;
+                }
+                let after = tx.query_row(&sql, [&new.id], device_from_row)?;
+                DeviceChange::Updated {
+                    before,
+                    after,
+                    revoked,
+                }
+            }
+        }
+    };
+    Ok(change)
 }
 
 fn insert_history(
@@ -436,5 +507,93 @@ mod revocation_tests {
             store.certificate("0d").unwrap().unwrap().revocation_reason,
             Some(5)
         );
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn dev(id: &str, status: DeviceStatus) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            hw_module_id: None,
+            platform: None,
+            owner: None,
+            tags: Default::default(),
+            status,
+            source: "import".into(),
+        }
+    }
+
+    fn apply(
+        store: &SqliteStore,
+        items: &[NewDevice],
+        commit: bool,
+    ) -> Result<Vec<DeviceChange>, StoreError> {
+        store.upsert_devices_with(
+            items,
+            |d| d.id.as_str(),
+            |d, _| d.clone(),
+            "import",
+            "batch",
+            UNIX_EPOCH + Duration::from_secs(7),
+            commit,
+        )
+    }
+
+    #[test]
+    fn a_dry_run_reports_the_changes_and_writes_nothing() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let changes = apply(&store, &[dev("A", DeviceStatus::Active)], false).unwrap();
+        assert!(matches!(changes[0], DeviceChange::Added(_)));
+        assert!(store.devices().unwrap().is_empty());
+        assert!(store.device_history("A").unwrap().is_empty());
+        apply(&store, &[dev("A", DeviceStatus::Active)], true).unwrap();
+        assert_eq!(store.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_bad_item_rolls_back_the_whole_batch() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let items = [
+            dev("A", DeviceStatus::Active),
+            dev("B", DeviceStatus::Active),
+        ];
+        let err = store
+            .upsert_devices_with(
+                &items,
+                |d| d.id.as_str(),
+                // The second item resolves to another device: refused after A was written.
+                |d, _| {
+                    let mut d = d.clone();
+                    if d.id == "B" {
+                        d.id = "A".into();
+                    }
+                    d
+                },
+                "import",
+                "batch",
+                UNIX_EPOCH,
+                true,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)));
+        assert!(store.devices().unwrap().is_empty(), "A was rolled back");
+    }
+
+    #[test]
+    fn duplicate_ids_in_one_batch_are_refused() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let items = [
+            dev("A", DeviceStatus::Active),
+            dev("A", DeviceStatus::Retired),
+        ];
+        assert!(matches!(
+            apply(&store, &items, true),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(store.devices().unwrap().is_empty());
     }
 }

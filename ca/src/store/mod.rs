@@ -4,6 +4,7 @@
 
 mod acme;
 mod inventory;
+mod revocations;
 mod sqlite;
 
 pub use acme::{

@@ -7,6 +7,7 @@
 //! that applies to `permanent-identifier` identifiers, reads `attObj` from the challenge
 //! payload, and verifies the attestation against the expected key authorization.
 
+pub mod device_attest01;
 pub mod http01;
 
 use std::collections::BTreeMap;
