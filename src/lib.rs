@@ -5,5 +5,6 @@
 pub mod demo_upstream;
 pub mod devpki;
 pub mod inspect;
+pub mod inventory_cli;
 pub mod quickstart;
 pub mod serve;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
-use portcullis::{inspect, quickstart, serve};
+use portcullis::{inspect, inventory_cli, quickstart, serve};
+use portcullis_config::DeviceStatus;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,24 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value_t = quickstart::DEFAULT_CA_LISTEN)]
         ca_listen: SocketAddr,
     },
+    /// The trusted inventory, through the CA's admin API (the CA must be running).
+    Inventory {
+        /// The config whose [ca] section says where the CA is and how to authenticate.
+        #[arg(long, short, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// A tokens file (`name token` lines) to take the bearer token from, instead of
+        /// ca.admin_api.tokens_file. PORTCULLIS_ADMIN_TOKEN wins over both.
+        #[arg(long, value_name = "FILE", global = true)]
+        token_file: Option<PathBuf>,
+        /// Authenticate with an admin client certificate (PEM chain) instead of a token.
+        #[arg(long, value_name = "PEM", global = true, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key of --cert.
+        #[arg(long, value_name = "PEM", global = true, requires = "cert")]
+        key: Option<PathBuf>,
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
     /// CA commands.
     Ca {
         #[command(subcommand)]
@@ -70,6 +89,61 @@ enum ConfigCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Every device with its status, platform, owner and tags.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device and the history of its status.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a device, or replace the descriptive fields of an existing one.
+    Add {
+        id: String,
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Repeat for several tags.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// The hardware-module identifier (HardwareModuleName, RFC 4108).
+        #[arg(long, value_name = "ID")]
+        hardware_module: Option<String>,
+        /// New devices are active unless told otherwise; an existing device keeps its status.
+        #[arg(long, requires = "reason")]
+        status: Option<DeviceStatus>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Upsert the devices of a CSV or JSON export (MDM/ITAM). Nothing is applied if any row
+    /// is wrong; every error is listed with its line.
+    Import {
+        file: PathBuf,
+        /// csv or json [default: from the file name].
+        #[arg(long)]
+        format: Option<portcullis_ca::inventory::import::ImportFormat>,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a device's status. Leaving `active` revokes its certificates and cuts its live
+    /// connections at every enforcement point.
+    SetStatus {
+        id: String,
+        status: DeviceStatus,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -184,6 +258,66 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 });
                 quickstart::run(&opts, shutdown).await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory {
+            config,
+            token_file,
+            cert,
+            key,
+            command,
+        } => {
+            let target = inventory_cli::Target {
+                config: config.ok_or_else(|| anyhow!("--config FILE is needed"))?,
+                token_file,
+                cert,
+                key,
+            };
+            let action = match command {
+                InventoryCommand::List { json } => inventory_cli::Action::List { json },
+                InventoryCommand::Show { id, json } => inventory_cli::Action::Show { id, json },
+                InventoryCommand::Add {
+                    id,
+                    platform,
+                    owner,
+                    tags,
+                    hardware_module,
+                    status,
+                    reason,
+                } => inventory_cli::Action::Add {
+                    id,
+                    device: portcullis_ca::admin_api::model::PutDevice {
+                        id: None,
+                        hardware_module,
+                        platform,
+                        owner,
+                        tags,
+                        status,
+                        source: Some("cli".into()),
+                        reason,
+                    },
+                },
+                InventoryCommand::Import {
+                    file,
+                    format,
+                    dry_run,
+                    json,
+                } => inventory_cli::Action::Import {
+                    file,
+                    format,
+                    dry_run,
+                    json,
+                },
+                InventoryCommand::SetStatus { id, status, reason } => {
+                    inventory_cli::Action::SetStatus { id, status, reason }
+                }
+            };
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the Tokio runtime")?
+                .block_on(inventory_cli::run(&target, action))?;
+            print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca {

@@ -379,6 +379,95 @@ fn up_starts_and_the_printed_curl_commands_do_what_they_say() {
         out.contains("x-portcullis-device-id: laptop-alice"),
         "{out}"
     );
+
+    // The inventory, through the CA's admin API with the token `up` wrote.
+    let config = data.join("portcullis.toml");
+    let inventory = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("inventory")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run portcullis inventory");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, list, err) = inventory(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("laptop-alice") && l.contains("active")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("laptop-mallory") && l.contains("quarantined")),
+        "{list}"
+    );
+
+    let csv = tmp.path().join("mdm.csv");
+    std::fs::write(
+        &csv,
+        "id,platform,owner,tags\nlaptop-carol,macos,carol@example.com,eng\n",
+    )
+    .unwrap();
+    let (code, out, err) = inventory(&["import", csv.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("+ laptop-carol"), "{out}");
+    assert!(out.contains("dry run, nothing changed"), "{out}");
+    let (_, list, _) = inventory(&["list"]);
+    assert!(
+        !list.contains("laptop-carol"),
+        "a dry run changed nothing: {list}"
+    );
+
+    std::fs::write(&csv, "id,status\nlaptop-dave,lost\n").unwrap();
+    let (code, _, err) = inventory(&["import", csv.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "a bad row fails the import: {err}");
+    assert!(err.contains("line 2"), "the row is named: {err}");
+
+    // The quarantine command `up` printed cuts alice off: the gateway follows the CA's
+    // inventory in memory.
+    let quarantine = text2
+        .iter()
+        .find(|l| l.contains("set-status laptop-alice quarantined"))
+        .unwrap_or_else(|| panic!("no quarantine command in:\n{}", text2.join("\n")))
+        .trim()
+        .to_owned();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&quarantine)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{quarantine}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quarantined"));
+    let (code, history, _) = inventory(&["show", "laptop-alice"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        history.contains("active -> quarantined  by admin: lost laptop"),
+        "{history}"
+    );
+    let mut refused = String::new();
+    for _ in 0..50 {
+        let (_, out) = sh(&alice);
+        if out.contains("denied: device_quarantined") {
+            refused = out;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refused.contains("denied: device_quarantined"),
+        "alice is refused once quarantined"
+    );
 }
 
 #[test]
