@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use portcullis_policy::inventory::normalize_serial;
 use portcullis_policy::{DeviceRecord, StatusSnapshot, StatusStore};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -69,19 +70,128 @@ pub async fn follow(
         };
         let now = clock.now();
         let store2 = store.clone();
-        let built = tokio::task::spawn_blocking(move || snapshot(&store2, now)).await;
-        match built {
-            Ok(Ok(next)) => {
-                let revoked: BTreeSet<String> = next.revoked_serials.iter().cloned().collect();
-                if forced || last_revoked.as_ref() != Some(&revoked) {
-                    let devices = next.devices.len();
-                    let generation = status.publish(next);
-                    tracing::debug!(devices, generation, "status snapshot published");
-                    last_revoked = Some(revoked);
+        let known = last_revoked.clone();
+        // A tick reads only the revoked serials (small); the whole inventory is read again
+        // only when something changed.
+        let built = tokio::task::spawn_blocking(move || {
+            if !forced {
+                let revoked: BTreeSet<String> = store2
+                    .revoked_serials(unix_seconds(now))?
+                    .iter()
+                    .filter_map(|s| normalize_serial(s))
+                    .collect();
+                if known.as_ref() == Some(&revoked) {
+                    return Ok(None);
                 }
+            }
+            snapshot(&store2, now).map(Some)
+        })
+        .await;
+        match built {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(next))) => {
+                last_revoked = Some(next.revoked_serials.iter().cloned().collect());
+                let devices = next.devices.len();
+                let generation = status.publish(next);
+                tracing::debug!(devices, generation, "status snapshot published");
             }
             Ok(Err(e)) => tracing::error!("status snapshot from the CA store: {e}"),
             Err(e) => tracing::error!("status snapshot task: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::{AcmeStore, NewCert, NewDevice};
+    use portcullis_config::DeviceStatus;
+
+    fn device(id: &str) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            hw_module_id: None,
+            platform: Some("linux".into()),
+            owner: None,
+            tags: ["eng".to_string()].into(),
+            status: DeviceStatus::Active,
+            source: "test".into(),
+        }
+    }
+
+    /// Polls `status` until `check` holds; the follower's own promise is "within a second".
+    async fn until(status: &StatusStore, check: impl Fn(&StatusSnapshot) -> bool) -> bool {
+        for _ in 0..40 {
+            if check(&status.current()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_gateway_side_follows_status_changes_and_acme_revocations() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let inventory = Arc::new(Inventory::new(store.clone(), clock.clone(), 16));
+        inventory
+            .upsert(&device("laptop-1"), "test", "seed")
+            .unwrap();
+        let status = Arc::new(StatusStore::new(snapshot(&store, clock.now()).unwrap()));
+        assert_eq!(
+            status.current().device("laptop-1").map(|d| d.status),
+            Some(DeviceStatus::Active)
+        );
+        let stop = stop_signal();
+        let task = tokio::spawn(follow(
+            inventory.clone(),
+            store.clone(),
+            clock.clone(),
+            status.clone(),
+            stop.1,
+        ));
+
+        inventory
+            .set_status("laptop-1", DeviceStatus::Quarantined, "test", "lost")
+            .unwrap();
+        assert!(
+            until(&status, |s| s.device("laptop-1").map(|d| d.status)
+                == Some(DeviceStatus::Quarantined))
+            .await,
+            "a quarantine reaches the snapshot"
+        );
+
+        // A revocation that is not an inventory event (ACME revokeCert) shows up on a tick.
+        let now = unix_seconds(clock.now());
+        store
+            .record_certificate(&NewCert {
+                serial: "0abc",
+                fingerprint: "00",
+                der: b"x",
+                chain_pem: "",
+                not_before: now - 10,
+                not_after: now + 3600,
+                device_id: None,
+            })
+            .unwrap();
+        assert!(store.revoke_certificate("0abc", 1, now).unwrap());
+        assert!(
+            until(&status, |s| s.revoked_serials.contains("0abc")).await,
+            "the revoked serial reaches the snapshot"
+        );
+        let _ = stop.0.send(());
+        task.await.unwrap();
+    }
+
+    fn stop_signal() -> (
+        tokio::sync::oneshot::Sender<()>,
+        impl std::future::Future<Output = ()>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        (tx, async move {
+            let _ = rx.await;
+        })
     }
 }
