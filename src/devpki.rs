@@ -14,8 +14,9 @@
 //! - EKU clientAuth only.
 //!
 //! rcgen 0.14's `SanType::OtherName` can only hold a UTF8String value, not the SEQUENCE that
-//! RFC 4043 requires, so the device certificate's subjectAltName is built here as DER and added
-//! as a custom extension (`san_der`).
+//! RFC 4043 requires, so the device certificate's subjectAltName is built as DER by
+//! `portcullis_policy::identity::encode_*` (the encoders the CA uses) and added as a custom
+//! extension.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -43,8 +44,6 @@ use rcgen::{
 
 /// OID arcs of the subjectAltName extension (RFC 5280 §4.2.1.6).
 const OID_SUBJECT_ALT_NAME: &[u64] = &[2, 5, 29, 17];
-/// DER content octets of id-on-permanentIdentifier, 1.3.6.1.5.5.7.8.3 (RFC 4043).
-const PERMANENT_IDENTIFIER_OID_DER: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 8, 3];
 
 /// Default lifetime of a device certificate: 24 h, as the CA issues them (ARCHITECTURE.md).
 pub const DEVICE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -186,36 +185,37 @@ impl Ca {
         params.not_before = spec.not_before.into();
         params.not_after = spec.not_after.into();
 
+        // The SAN encoders are the CA's (`portcullis_policy::identity`), so a dev certificate
+        // names a device exactly the way an issued one does.
+        use portcullis_policy::identity as pid;
         let mut names = Vec::new();
         if let Some(id) = &spec.device_id {
             if spec.permanent_identifier {
-                names.push(permanent_identifier_name(id));
+                names.push(
+                    pid::encode_permanent_identifier_san(id, None)
+                        .ok_or_else(|| anyhow!("cannot encode device id `{id}`"))?,
+                );
             }
             if spec.spiffe_uri {
+                // Built by hand, not with `spiffe_device_uri`: tests need URIs that are wrong.
                 let uri = format!("spiffe://{}/device/{}", spec.trust_domain, id);
-                names.push(tlv(0x86, uri.as_bytes())); // [6] uniformResourceIdentifier
+                names.push(pid::encode_uri_san(&uri));
             }
         }
         for dns in &spec.dns_names {
-            names.push(tlv(0x82, dns.as_bytes())); // [2] dNSName
+            names.push(pid::encode_dns_san(dns));
         }
         if !names.is_empty() {
             params
                 .custom_extensions
                 .push(CustomExtension::from_oid_content(
                     OID_SUBJECT_ALT_NAME,
-                    tlv(0x30, &names.concat()),
+                    pid::encode_subject_alt_names(&names),
                 ));
         }
         for (arcs, value) in [
-            (
-                portcullis_policy::identity::OID_ATTESTATION_FORMAT_ARCS,
-                &spec.attestation,
-            ),
-            (
-                portcullis_policy::identity::OID_DEVICE_PLATFORM_ARCS,
-                &spec.platform,
-            ),
+            (pid::OID_ATTESTATION_FORMAT_ARCS, &spec.attestation),
+            (pid::OID_DEVICE_PLATFORM_ARCS, &spec.platform),
         ] {
             if let Some(value) = value {
                 // Portcullis extensions: a DER UTF8String, non-critical (policy::identity).
@@ -223,7 +223,7 @@ impl Ca {
                     .custom_extensions
                     .push(CustomExtension::from_oid_content(
                         arcs,
-                        tlv(0x0c, value.as_bytes()),
+                        pid::encode_utf8_extension(value),
                     ));
             }
         }
@@ -500,34 +500,6 @@ fn write_mode(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// `otherName` (GeneralName [0]) holding a PermanentIdentifier with only `identifierValue`:
-/// `[0] { OID 1.3.6.1.5.5.7.8.3, [0] EXPLICIT SEQUENCE { UTF8String id } }` (RFC 4043 §2,
-/// RFC 5280 §4.2.1.6 `OtherName ::= SEQUENCE { type-id, [0] EXPLICIT value }`, IMPLICIT-tagged
-/// as GeneralName choice [0], hence constructed 0xA0).
-fn permanent_identifier_name(id: &str) -> Vec<u8> {
-    let permanent_identifier = tlv(0x30, &tlv(0x0c, id.as_bytes()));
-    let value = tlv(0xa0, &permanent_identifier);
-    let oid = tlv(0x06, PERMANENT_IDENTIFIER_OID_DER);
-    tlv(0xa0, &[oid, value].concat())
-}
-
-/// One DER TLV with a definite length (X.690 §8.1.3).
-fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
-    let len = value.len();
-    let mut out = Vec::with_capacity(len + 6);
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(value);
-    out
-}
-
 /// Parses an RFC 3339 time (for CLI flags such as `cert inspect --at`).
 pub fn parse_rfc3339(text: &str) -> anyhow::Result<SystemTime> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
@@ -541,15 +513,6 @@ mod tests {
     use portcullis_policy::{DeviceIdentity, IdSource};
 
     const TD: &str = "portcullis.local";
-
-    #[test]
-    fn tlv_lengths() {
-        assert_eq!(tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
-        let long = tlv(0x04, &[0; 200]);
-        assert_eq!(&long[..3], &[0x04, 0x81, 200]);
-        let longer = tlv(0x04, &[0; 300]);
-        assert_eq!(&longer[..4], &[0x04, 0x82, 0x01, 0x2c]);
-    }
 
     #[test]
     fn device_cert_names_the_device_both_ways() {

@@ -89,8 +89,20 @@ fn complete(mut config: Config, ca: Option<&Ca>) -> Config {
 }
 
 /// Opens the CA of `[ca]` (creating it on first start) and binds its listener.
-async fn open_ca(section: &CaConfig) -> anyhow::Result<(Arc<Ca>, tokio::net::TcpListener)> {
-    let settings = portcullis_ca::configure::settings(section)?;
+async fn open_ca(
+    section: &CaConfig,
+    trust_domain: &str,
+) -> anyhow::Result<(Arc<Ca>, tokio::net::TcpListener)> {
+    // Bind first: with port 0 and no base_url, the URLs the CA hands out must name the port
+    // it actually got, not `:0`.
+    let listener = tokio::net::TcpListener::bind(section.listen)
+        .await
+        .with_context(|| format!("ca.listen {}: cannot bind", section.listen))?;
+    let mut section = section.clone();
+    if section.base_url.is_none() {
+        section.base_url = Some(format!("https://{}", listener.local_addr()?));
+    }
+    let settings = portcullis_ca::configure::settings(&section, trust_domain)?;
     let (ca, recovery) = Ca::open(settings, Arc::new(SystemClock))
         .await
         .context("opening the CA")?;
@@ -100,9 +112,6 @@ async fn open_ca(section: &CaConfig) -> anyhow::Result<(Arc<Ca>, tokio::net::Tcp
             "the CA finished work a previous run left unfinished"
         );
     }
-    let listener = tokio::net::TcpListener::bind(section.listen)
-        .await
-        .with_context(|| format!("ca.listen {}: cannot bind", section.listen))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         directory = %ca.directory_url(),
@@ -143,7 +152,7 @@ pub async fn run_with_shutdown(
     init_tracing(&loaded.log);
 
     let ca = match &loaded.ca {
-        Some(section) => Some(open_ca(section).await?),
+        Some(section) => Some(open_ca(section, &loaded.trust.trust_domain).await?),
         None => None,
     };
     let ca_task = ca.as_ref().map(|(ca, _)| ca.clone());

@@ -502,3 +502,57 @@ fn the_examples_are_valid_and_match_the_up_layout() {
     assert_eq!(snapshot.devices.len(), 4);
     assert_eq!(snapshot.revoked_serials.len(), 1);
 }
+
+#[test]
+fn a_ca_on_port_zero_hands_out_urls_with_the_port_it_got() {
+    if !require_program("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        "[log]\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [ca]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"ca\"\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start portcullis serve");
+    let mut addr = None;
+    for _ in 0..200 {
+        addr = logged_addr(&std::fs::read_to_string(&log).unwrap(), "CA listening");
+        if addr.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr = addr.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!(
+            "no `CA listening` line: {}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    assert_ne!(addr.port(), 0);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(tmp.path().join("ca/pki/bundle.pem"))
+        .arg(format!("https://127.0.0.1:{}/acme/directory", addr.port()))
+        .output()
+        .expect("curl");
+    let _ = child.kill();
+    let _ = child.wait();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains(&format!("https://127.0.0.1:{}/acme/new-nonce", addr.port())),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use portcullis_config::{CaConfig, CaKeyType};
 
-use crate::acme::{AcmeConfig, DirectoryMeta, Http01Config};
+use crate::acme::{AcmeConfig, AttestationConfig, DirectoryMeta, Http01Config};
 use crate::admin_api::AdminApiSettings;
 use crate::pki::{CertTemplate, InitOptions, KeyAlgorithm};
 use crate::service::CaSettings;
@@ -24,9 +24,12 @@ pub enum ConfigureError {
     File { path: PathBuf, message: String },
 }
 
-/// The settings `Ca::open` takes for this `[ca]` section.
-pub fn settings(config: &CaConfig) -> Result<CaSettings, ConfigureError> {
+/// The settings `Ca::open` takes for this `[ca]` section. `trust_domain` is the config's
+/// `[trust] trust_domain`: device certificates name `spiffe://<trust_domain>/device/<id>`,
+/// which is what enforcement points parse them with.
+pub fn settings(config: &CaConfig, trust_domain: &str) -> Result<CaSettings, ConfigureError> {
     let mut acme = AcmeConfig::new(config.base_url());
+    acme.trust_domain = trust_domain.to_string();
     acme.meta = DirectoryMeta {
         terms_of_service: config.acme.terms_of_service.clone(),
         website: config.acme.website.clone(),
@@ -47,6 +50,17 @@ pub fn settings(config: &CaConfig) -> Result<CaSettings, ConfigureError> {
         lifetime: config.templates.workload.lifetime,
         ..CertTemplate::workload()
     };
+    acme.device_template = CertTemplate {
+        lifetime: config.templates.device.lifetime,
+        ..CertTemplate::device()
+    };
+    let att = &config.attestation;
+    acme.attestation = AttestationConfig {
+        tpm_roots: read_roots(&att.tpm_roots)?,
+        apple_roots: read_roots(&att.apple_roots)?,
+        step_roots: read_roots(&att.step_roots)?,
+        allow_sha1_tpm: att.allow_sha1_tpm,
+    };
 
     let mut settings = CaSettings::new(&config.data_dir, acme);
     settings.init = InitOptions {
@@ -55,6 +69,8 @@ pub fn settings(config: &CaConfig) -> Result<CaSettings, ConfigureError> {
         ..InitOptions::default()
     };
     settings.max_lifetime = config.max_lifetime;
+    settings.http_listen = config.http_listen;
+    settings.http_base_url = config.http_base_url();
     settings.admin_api = AdminApiSettings {
         tokens_file: config.admin_api.tokens_file.clone(),
         client_roots: config.admin_api.client_roots.clone(),
@@ -75,6 +91,32 @@ pub fn settings(config: &CaConfig) -> Result<CaSettings, ConfigureError> {
     settings.tls_dns_names = dns_names;
     settings.tls_ip_addresses = ips;
     Ok(settings)
+}
+
+/// The certificates of PEM `files` (DER), `None` for no files (the embedded vendor roots).
+/// A file without a certificate is an error: it would otherwise replace the vendor roots with
+/// nothing and refuse every device.
+fn read_roots(files: &[PathBuf]) -> Result<Option<Vec<Vec<u8>>>, ConfigureError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut roots = Vec::new();
+    for path in files {
+        let err = |message: String| ConfigureError::File {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let certs = crate::attest::pem_certificates(&text).map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("holds no PEM certificate".into()));
+        }
+        for der in &certs {
+            crate::attest::chain::parse_certificate(der, "root").map_err(|e| err(e.to_string()))?;
+        }
+        roots.extend(certs);
+    }
+    Ok(Some(roots))
 }
 
 pub fn key_algorithm(key: CaKeyType) -> KeyAlgorithm {
@@ -207,8 +249,11 @@ mod tests {
              [ca.acme.http01]\nallowed_names = [\"*.apps.test\"]\nport = 5002\n\
              [ca.templates.workload]\nlifetime = \"6h\"\n",
         );
-        let s = settings(&cfg).unwrap();
+        let s = settings(&cfg, "corp.example").unwrap();
         assert_eq!(s.acme.base_url, "https://ca.test:9443");
+        assert_eq!(s.acme.trust_domain, "corp.example");
+        assert_eq!(s.acme.device_template.lifetime.as_secs(), 24 * 3600);
+        assert_eq!(s.acme.attestation, AttestationConfig::default());
         assert_eq!(s.data_dir, dir.path().join("ca"));
         assert_eq!(s.init.key, KeyAlgorithm::Rsa2048);
         assert_eq!(s.tls_dns_names, vec!["ca.internal", "ca.test"]);
@@ -218,6 +263,45 @@ mod tests {
         );
         assert_eq!(s.acme.http01.as_ref().unwrap().port, 5002);
         assert_eq!(s.acme.workload_template.lifetime.as_secs(), 6 * 3600);
+    }
+
+    #[test]
+    fn device_template_and_attestation_roots_follow_the_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        write(dir.path(), "step.pem", &root.pem(), 0o644);
+        // Passes config validation (a PEM block) but is no certificate.
+        write(
+            dir.path(),
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            0o644,
+        );
+        let cfg = ca_config(
+            dir.path(),
+            "[ca.templates.device]\nlifetime = \"2h\"\n\
+             [ca.attestation]\nstep_roots = [\"step.pem\"]\nallow_sha1_tpm = true\n",
+        );
+        let s = settings(&cfg, "portcullis.local").unwrap();
+        assert_eq!(s.acme.device_template.lifetime.as_secs(), 2 * 3600);
+        assert_eq!(
+            s.acme.attestation.step_roots,
+            Some(vec![root.der().to_vec()])
+        );
+        assert_eq!(
+            s.acme.attestation.tpm_roots, None,
+            "vendor roots by default"
+        );
+        assert!(s.acme.attestation.allow_sha1_tpm);
+        let cfg = ca_config(
+            dir.path(),
+            "[ca.attestation]\napple_roots = [\"bad.pem\"]\n",
+        );
+        let e = settings(&cfg, "portcullis.local").unwrap_err().to_string();
+        assert!(e.contains("bad.pem"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`inventory`]: devices and their status; trust removal revokes, changes are broadcast;
 //!   imports of MDM/ITAM exports (CSV, JSON).
 //! - [`admin_api`]: the inventory's HTTPS admin API (`/admin/v1`) and its client.
+//! - [`revocation`]: CRL (RFC 5280) and OCSP responder (RFC 6960) for third-party enforcement points.
 //! - [`service`]: the CA as one object for the binary (init, open + recover, serve).
 //! - [`status`]: the inventory as the in-process status source of enforcement points.
 //! - [`tls`]: HTTPS for the ACME endpoint with a self-issued, self-renewing certificate.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod configure;
 pub mod inventory;
 pub mod pki;
+pub mod revocation;
 pub mod service;
 pub mod status;
 pub mod store;

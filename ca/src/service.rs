@@ -13,6 +13,7 @@ use crate::admin_api::{AdminApi, AdminApiError, AdminApiSettings};
 use crate::clock::Clock;
 use crate::inventory::Inventory;
 use crate::pki::{Authority, CaPaths, InitOptions, LifetimePolicy, PkiError, DEFAULT_MAX_LIFETIME};
+use crate::revocation::{Revocation, RevocationError};
 use crate::store::{SqliteStore, StoreError};
 use crate::tls::{self, SelfIssued, TlsError};
 
@@ -29,6 +30,8 @@ pub enum CaError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     AdminApi(#[from] AdminApiError),
+    #[error("CRL/OCSP: {0}")]
+    Revocation(#[from] RevocationError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -51,6 +54,11 @@ pub struct CaSettings {
     pub tls_ip_addresses: Vec<IpAddr>,
     /// The inventory admin API under `/admin/v1`; off when it names no credential source.
     pub admin_api: AdminApiSettings,
+    /// Plain-HTTP listener for the CRL and OCSP ([`crate::revocation`]); `None`: HTTPS only.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// `http://host:port` of the CRL and OCSP, put into issued certificates (CRL
+    /// distribution point, authority information access); `None`: neither extension.
+    pub http_base_url: Option<String>,
 }
 
 impl CaSettings {
@@ -63,6 +71,8 @@ impl CaSettings {
             tls_dns_names: Vec::new(),
             tls_ip_addresses: Vec::new(),
             admin_api: AdminApiSettings::default(),
+            http_listen: None,
+            http_base_url: None,
         }
     }
 }
@@ -75,6 +85,9 @@ pub struct Ca {
     pub inventory: Arc<Inventory>,
     /// `None` when the admin API is off.
     pub admin: Option<Arc<AdminApi>>,
+    /// The CRL and the OCSP responder, kept current by a task that lives as long as `Ca`.
+    pub revocation: Arc<Revocation>,
+    _revocation_task: AbortOnDrop,
     clock: Arc<dyn Clock>,
     settings: CaSettings,
 }
@@ -124,17 +137,19 @@ impl Ca {
             LifetimePolicy::new(settings.max_lifetime)?,
         )?);
         let store = Arc::new(SqliteStore::open(&settings.data_dir.join("ca.db"))?);
-        let acme = AcmeServer::new(
-            settings.acme.clone(),
-            store.clone(),
-            pki.clone(),
-            clock.clone(),
-        );
         let inventory = Arc::new(Inventory::new(
             store.clone(),
             clock.clone(),
             INVENTORY_CHANNEL,
         ));
+        // device-attest-01 checks every device against this inventory.
+        let acme = AcmeServer::with_inventory(
+            settings.acme.clone(),
+            store.clone(),
+            pki.clone(),
+            clock.clone(),
+            inventory.clone(),
+        );
         // The CA's own certificates may not be admin roots (every device would be an admin).
         let ca_certs = vec![
             crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").map_err(|e| {
@@ -151,6 +166,25 @@ impl Ca {
             clock.clone(),
             &ca_certs,
         )?;
+        // CRL and OCSP (issue 5): leaves name them once they are reachable over plain HTTP.
+        if let Some(base) = &settings.http_base_url {
+            let base = base.trim_end_matches('/');
+            pki.set_revocation_urls(crate::pki::RevocationUrls {
+                crl: Some(format!("{base}/crl/{}", crate::revocation::crl::CRL_FILE)),
+                ocsp: Some(format!("{base}/ocsp")),
+            });
+        }
+        let revocation = Arc::new(Revocation::new(
+            pki.clone(),
+            store.clone(),
+            clock.clone(),
+            &settings.init.name,
+        )?);
+        let revocation_task = AbortOnDrop(tokio::spawn(
+            revocation
+                .clone()
+                .follow(inventory.clone(), std::future::pending()),
+        ));
         let recovery = acme.recover().await?;
         if recovery != Recovery::default() {
             tracing::warn!(?recovery, "finished work interrupted by a previous crash");
@@ -163,6 +197,8 @@ impl Ca {
                 acme,
                 inventory,
                 admin,
+                revocation,
+                _revocation_task: revocation_task,
                 clock,
                 settings,
             },
@@ -183,7 +219,7 @@ impl Ca {
     /// elsewhere than [`Ca::serve`], the admin API accepts bearer tokens only (client
     /// certificates reach it through [`tls::serve_tls`]).
     pub fn router(&self) -> axum::Router {
-        let router = self.acme.router();
+        let router = self.acme.router().merge(self.revocation.router());
         match &self.admin {
             Some(admin) => router.nest(crate::admin_api::PREFIX, admin.router()),
             None => router,
@@ -208,8 +244,48 @@ impl Ca {
         // clients have none) and verified against them in the handshake.
         let client_verifier = self.admin.as_ref().and_then(|a| a.client_verifier());
         let config = tls::server_config_with_client_auth(Arc::new(certs), client_verifier)?;
-        tls::serve_tls(listener, self.router(), config, shutdown).await;
+        let Some(addr) = self.settings.http_listen else {
+            tls::serve_tls(listener, self.router(), config, shutdown).await;
+            return Ok(());
+        };
+        // The plain-HTTP CRL/OCSP listener stops with the HTTPS one.
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CaError::Io {
+                path: PathBuf::from(format!("ca.http_listen {addr}")),
+                source,
+            })?;
+        tracing::info!(addr = %http.local_addr().unwrap_or(addr), "CRL and OCSP listening (plain HTTP)");
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let mut stopped2 = stopped.clone();
+        let plain = tokio::spawn(crate::revocation::serve_http(
+            http,
+            self.revocation.plain_router(),
+            async move {
+                let _ = stopped2.changed().await;
+            },
+        ));
+        tls::serve_tls(listener, self.router(), config, async move {
+            shutdown.await;
+            let _ = stop.send(());
+        })
+        .await;
+        drop(stopped);
+        match plain.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("CRL/OCSP listener: {e}"),
+            Err(e) => tracing::warn!("CRL/OCSP listener task: {e}"),
+        }
         Ok(())
+    }
+}
+
+/// Aborts the task when dropped: the CRL follower lives exactly as long as its `Ca`.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -240,5 +316,69 @@ mod tests {
             Ca::init(dir.path(), &InitOptions::default(), &SystemClock),
             Err(CaError::Pki(PkiError::Exists(_)))
         ));
+    }
+
+    /// One HTTP/1.0 GET over a plain TCP connection: (status line, body).
+    async fn plain_get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&out[..split]).into_owned();
+        (
+            head.lines().next().unwrap_or_default().to_string(),
+            out[split + 4..].to_vec(),
+        )
+    }
+
+    #[tokio::test]
+    async fn serve_runs_the_plain_http_crl_listener_beside_https_and_stops_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = free.local_addr().unwrap();
+        drop(free);
+        let mut settings = CaSettings::new(dir.path(), AcmeConfig::new("https://127.0.0.1:1"));
+        settings.http_listen = Some(http);
+        settings.http_base_url = Some(format!("http://{http}"));
+        settings.tls_ip_addresses = vec![http.ip()];
+        let (ca, _) = Ca::open(settings, Arc::new(SystemClock)).await.unwrap();
+        let ca = Arc::new(ca);
+        let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn({
+            let ca = ca.clone();
+            async move {
+                ca.serve(tls, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        let start = std::time::Instant::now();
+        let (status, body) = loop {
+            if tokio::net::TcpStream::connect(http).await.is_ok() {
+                break plain_get(http, "/crl/intermediate.crl").await;
+            }
+            if serving.is_finished() {
+                panic!("serve ended early: {:?}", serving.await);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no plain listener"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(status.contains("200"), "{status}");
+        assert_eq!(body, ca.revocation.crl().der);
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(http).await.is_err(),
+            "the plain listener stopped with HTTPS"
+        );
     }
 }

@@ -262,7 +262,11 @@ async fn token_client_manages_devices_and_quarantine_revokes_and_is_published() 
     assert_eq!(q.revoked_serials, vec!["0a".to_string(), "0b".to_string()]);
     for serial in ["0a", "0b"] {
         let c = lab.ca.store.certificate(serial).unwrap().unwrap();
-        assert_eq!(c.revocation_reason, Some(9), "{serial} revoked");
+        assert_eq!(
+            c.revocation_reason,
+            Some(6),
+            "{serial} held (certificateHold)"
+        );
     }
     let e = events.try_recv().unwrap();
     assert_eq!(

@@ -18,6 +18,18 @@ pub struct CaConfig {
     /// Default: `https://<listen>`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Plain-HTTP listener for the CRL (`/crl/intermediate.crl`) and the OCSP responder
+    /// (`/ocsp`, and `/` for clients given a bare URL). Plain HTTP because relying parties
+    /// fetch them before they can trust anything (RFC 5280 §4.2.1.13, RFC 6960 §A.1).
+    /// Default: off (both are still served on the HTTPS listener).
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// `http://host:port` relying parties reach the CRL and OCSP at; issued certificates
+    /// carry `<http_base_url>/crl/intermediate.crl` (CRL distribution point) and
+    /// `<http_base_url>/ocsp` (authority information access). Default: `http://<http_listen>`
+    /// when `http_listen` is set; otherwise none, and certificates carry neither extension.
+    #[serde(default)]
+    pub http_base_url: Option<String>,
     /// Holds `pki/` (root, intermediate, `bundle.pem`) and `ca.db`; created on first start.
     pub data_dir: PathBuf,
     /// Extra DNS names on the CA's own TLS certificate (the host of `base_url` is always on it).
@@ -40,6 +52,9 @@ pub struct CaConfig {
     /// The inventory admin API; off unless a credential source is configured.
     #[serde(default)]
     pub admin_api: AdminApiSection,
+    /// Trust anchors of device attestations (device-attest-01), per format.
+    #[serde(default)]
+    pub attestation: AttestationSection,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -208,7 +223,39 @@ pub struct AdminApiSection {
     pub client_roots: Vec<PathBuf>,
 }
 
+/// Roots a device attestation must chain to, per attestation format. An empty list means the
+/// vendor roots built into the CA: the Microsoft TPM Root CA 2014 (`tpm`), the Apple
+/// Enterprise Attestation Root CA (`apple`), the Yubico PIV roots (`step`). A non-empty list
+/// replaces them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationSection {
+    /// PEM files of TPM manufacturer / attestation CA roots for AK certificates.
+    #[serde(default)]
+    pub tpm_roots: Vec<PathBuf>,
+    /// PEM files of Apple Managed Device Attestation roots.
+    #[serde(default)]
+    pub apple_roots: Vec<PathBuf>,
+    /// PEM files of YubiKey PIV attestation roots.
+    #[serde(default)]
+    pub step_roots: Vec<PathBuf>,
+    /// Accept SHA-1 in TPM attestations (RS1 signatures, SHA-1 Names and certificates). Real
+    /// Windows TPM attestations use RS1; SHA-1 collisions are practical, so off by default.
+    #[serde(default)]
+    pub allow_sha1_tpm: bool,
+}
+
 impl CaConfig {
+    /// Where relying parties fetch the CRL and ask OCSP, without a trailing slash; `None`
+    /// when neither `http_base_url` nor `http_listen` is set.
+    pub fn http_base_url(&self) -> Option<String> {
+        match (&self.http_base_url, self.http_listen) {
+            (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
+            (None, Some(listen)) => Some(format!("http://{listen}")),
+            (None, None) => None,
+        }
+    }
+
     /// The URL every ACME URL starts with, without a trailing slash.
     pub fn base_url(&self) -> String {
         match &self.base_url {

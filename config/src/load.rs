@@ -86,6 +86,14 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             fix(p);
         }
         ca.admin_api.client_roots.iter_mut().for_each(fix);
+        let att = &mut ca.attestation;
+        for list in [
+            &mut att.tpm_roots,
+            &mut att.apple_roots,
+            &mut att.step_roots,
+        ] {
+            list.iter_mut().for_each(fix);
+        }
     }
     if let Some(gw) = config.gateway.as_mut() {
         fix(&mut gw.cert);

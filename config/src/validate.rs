@@ -163,6 +163,7 @@ fn validate_ca(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
             }
         }
     }
+    validate_ca_http(out, at, ca);
     if ca.data_dir.as_os_str().is_empty() {
         out.push((at.key("data_dir"), "must not be empty".into()));
     }
@@ -237,6 +238,67 @@ fn validate_ca(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
     }
     for (i, p) in ca.admin_api.client_roots.iter().enumerate() {
         check_file(out, api.key("client_roots").index(i), p);
+    }
+    let att = at.key("attestation");
+    for (key, files) in [
+        ("tpm_roots", &ca.attestation.tpm_roots),
+        ("apple_roots", &ca.attestation.apple_roots),
+        ("step_roots", &ca.attestation.step_roots),
+    ] {
+        for (i, p) in files.iter().enumerate() {
+            check_pem_certificates(out, att.key(key).index(i), p);
+        }
+    }
+}
+
+/// A roots file must exist and hold at least one PEM certificate: an empty or mistyped file
+/// would otherwise replace the vendor roots with nothing and refuse every device silently.
+fn check_pem_certificates(out: &mut Problems, at: KeyPath, path: &Path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+        Ok(_) => out.push((at, format!("`{}` holds no PEM certificate", path.display()))),
+        Err(e) => out.push((at, format!("`{}`: {e}", path.display()))),
+    }
+}
+
+/// The plain-HTTP CRL/OCSP listener and the URL issued certificates carry for it
+/// (RFC 5280 §4.2.1.13, RFC 6960 §A.1 and RFC 5019 §5: http, since a relying party must be
+/// able to fetch them without first validating a TLS certificate).
+fn validate_ca_http(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
+    if let Some(http) = ca.http_listen {
+        if http == ca.listen {
+            out.push((
+                at.key("http_listen"),
+                format!("`{http}` is also ca.listen (HTTPS); use another port"),
+            ));
+        }
+        if http.ip().is_unspecified() && ca.http_base_url.is_none() {
+            out.push((
+                at.key("http_base_url"),
+                format!(
+                    "needed when http_listen is `{http}`: certificates must name an address relying parties can reach, e.g. http://ca.example:8080"
+                ),
+            ));
+        }
+    }
+    if let Some(url) = &ca.http_base_url {
+        match url.strip_prefix("http://") {
+            None => out.push((
+                at.key("http_base_url"),
+                format!(
+                    "`{url}` must be an http:// URL: relying parties fetch CRLs and ask OCSP without TLS (RFC 5280 §4.2.1.13)"
+                ),
+            )),
+            Some(rest) => {
+                let rest = rest.trim_end_matches('/');
+                if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) || url.len() > 200 {
+                    out.push((
+                        at.key("http_base_url"),
+                        format!("`{url}` must be scheme, host and port only, e.g. http://ca.example:8080"),
+                    ));
+                }
+            }
+        }
     }
 }
 

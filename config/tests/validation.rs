@@ -397,6 +397,25 @@ fn a_ca_section_loads_with_defaults_and_resolved_paths() {
     let http01 = ca.acme.http01.expect("http01 on");
     assert_eq!(http01.port, 5002);
     assert_eq!(http01.hosts["build.test"].to_string(), "127.0.0.1");
+    assert_eq!(
+        ca.attestation,
+        portcullis_config::AttestationSection::default()
+    );
+}
+
+#[test]
+fn attestation_roots_resolve_and_must_hold_certificates() {
+    let fx = Fixture::new();
+    let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    std::fs::write(fx.dir.path().join("yubico.pem"), pem).unwrap();
+    let text = "[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n\
+                [ca.attestation]\nstep_roots = [\"yubico.pem\"]\nallow_sha1_tpm = true\n";
+    let ca = fx.parse(text).unwrap().ca.unwrap();
+    assert_eq!(
+        ca.attestation.step_roots,
+        vec![fx.dir.path().join("yubico.pem")]
+    );
+    assert!(ca.attestation.tpm_roots.is_empty() && ca.attestation.allow_sha1_tpm);
 }
 
 #[test]
@@ -475,6 +494,23 @@ fn each_ca_rule_is_checked() {
             "ca.admin_api.client_roots[0]: `",
         ),
         ("unknown = 1\n", "unknown field `unknown`"),
+        (
+            "[ca.attestation]\ntpm_roots = [\"missing.pem\"]\n",
+            "ca.attestation.tpm_roots[0]: `",
+        ),
+        (
+            // The fixture's roots.pem holds "x": no certificate.
+            "[ca.attestation]\nstep_roots = [\"roots.pem\"]\n",
+            "ca.attestation.step_roots[0]: `",
+        ),
+        (
+            "[ca.attestation]\nstep_roots = [\"roots.pem\"]\n",
+            "holds no PEM certificate",
+        ),
+        (
+            "[ca.attestation]\nandroid_roots = []\n",
+            "unknown field `android_roots`",
+        ),
     ];
     for (extra, expected) in cases {
         let text = format!("{base}{extra}");
@@ -497,4 +533,53 @@ fn an_inventory_file_beside_a_ca_is_refused() {
         ),
         "{problems:?}"
     );
+}
+
+#[test]
+fn the_crl_and_ocsp_listener_and_its_url_are_checked() {
+    let fx = Fixture::new();
+    let base = "[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n";
+    let ca = fx
+        .parse(&format!("{base}http_listen = \"127.0.0.1:8080\"\n"))
+        .unwrap()
+        .ca
+        .unwrap();
+    assert_eq!(ca.http_base_url().as_deref(), Some("http://127.0.0.1:8080"));
+    let ca = fx
+        .parse(&format!(
+            "{base}http_listen = \"0.0.0.0:8080\"\nhttp_base_url = \"http://ca.test:8080/\"\n"
+        ))
+        .unwrap()
+        .ca
+        .unwrap();
+    assert_eq!(ca.http_base_url().as_deref(), Some("http://ca.test:8080"));
+    assert_eq!(fx.parse(base).unwrap().ca.unwrap().http_base_url(), None);
+    for (extra, expected) in [
+        (
+            "http_listen = \"127.0.0.1:8444\"",
+            "ca.http_listen: `127.0.0.1:8444` is also ca.listen",
+        ),
+        (
+            "http_listen = \"0.0.0.0:8080\"",
+            "ca.http_base_url: needed when http_listen is `0.0.0.0:8080`",
+        ),
+        (
+            "http_base_url = \"https://ca.test\"",
+            "ca.http_base_url: `https://ca.test` must be an http:// URL",
+        ),
+        (
+            "http_base_url = \"http://ca.test/crl\"",
+            "must be scheme, host and port only",
+        ),
+        (
+            "http_base_url = \"http://\"",
+            "must be scheme, host and port only",
+        ),
+    ] {
+        let problems = fx.problems(&format!("{base}{extra}\n"));
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{extra}: {problems:?}"
+        );
+    }
 }

@@ -327,14 +327,154 @@ fn spiffe_device_id(uri: &str, trust_domain: &str) -> Option<Option<String>> {
         .strip_prefix("spiffe://")?
         .strip_prefix(trust_domain)?
         .strip_prefix("/device/")?;
-    let well_formed = !id.is_empty()
+    Some(is_spiffe_device_segment(id).then(|| id.to_owned()))
+}
+
+/// Whether `id` can be the last segment of a device SPIFFE URI (SPIFFE-ID §2.2: letters,
+/// digits, `.`, `-`, `_`; not `.` or `..`; bounded like every device id). The CA refuses to
+/// issue for an id that fails this: the parser above would then see an unusable URI and name
+/// no device at all.
+pub fn is_spiffe_device_segment(id: &str) -> bool {
+    !id.is_empty()
         && id != "."
         && id != ".."
         && id.len() <= MAX_DEVICE_ID_LEN
         && id
             .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding: the issuing side of the same names. The CA (`ca::pki`) and the development PKI
+// (`portcullis::devpki`) build device certificates with these, so what is written is exactly
+// what `parse_leaf` reads. rcgen cannot express these names itself: its `SanType::OtherName`
+// holds only a UTF8String, while RFC 4043 and RFC 4108 values are SEQUENCEs.
+// ---------------------------------------------------------------------------------------------
+
+/// The device SPIFFE URI `spiffe://<trust_domain>/device/<id>` (ARCHITECTURE.md, identity
+/// model); `None` when `id` is not a single SPIFFE path segment ([`is_spiffe_device_segment`])
+/// or the trust domain is empty or contains `/`.
+pub fn spiffe_device_uri(trust_domain: &str, device_id: &str) -> Option<String> {
+    let domain_ok = !trust_domain.is_empty()
+        && trust_domain
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    Some(well_formed.then(|| id.to_owned()))
+    (domain_ok && is_spiffe_device_segment(device_id))
+        .then(|| format!("spiffe://{trust_domain}/device/{device_id}"))
+}
+
+/// GeneralName `otherName` (RFC 5280 §4.2.1.6, `[0] IMPLICIT OtherName`, constructed 0xA0)
+/// holding a PermanentIdentifier (RFC 4043 §2):
+/// `SEQUENCE { identifierValue UTF8String OPTIONAL, assigner OBJECT IDENTIFIER OPTIONAL }`
+/// inside the otherName's `[0] EXPLICIT` value. `None` if `assigner` is not a dotted OID.
+pub fn encode_permanent_identifier_san(value: &str, assigner: Option<&str>) -> Option<Vec<u8>> {
+    let mut fields = tlv(TAG_UTF8, value.as_bytes());
+    if let Some(oid) = assigner {
+        fields.extend(tlv(TAG_OID, &oid_content(oid)?));
+    }
+    Some(other_name(PERMANENT_IDENTIFIER_DER, &tlv(TAG_SEQ, &fields)))
+}
+
+/// GeneralName `otherName` holding a HardwareModuleName (RFC 4108 §5):
+/// `SEQUENCE { hwType OBJECT IDENTIFIER, hwSerialNum OCTET STRING }`. `None` if `hw_type` is
+/// not a dotted OID or the serial is empty (the parser refuses an empty serial).
+pub fn encode_hardware_module_name_san(hw_type: &str, serial: &[u8]) -> Option<Vec<u8>> {
+    if serial.is_empty() {
+        return None;
+    }
+    let mut fields = tlv(TAG_OID, &oid_content(hw_type)?);
+    fields.extend(tlv(TAG_OCTETS, serial));
+    Some(other_name(HARDWARE_MODULE_NAME_DER, &tlv(TAG_SEQ, &fields)))
+}
+
+/// GeneralName `[6] uniformResourceIdentifier` (IA5String, RFC 5280 §4.2.1.6).
+pub fn encode_uri_san(uri: &str) -> Vec<u8> {
+    tlv(0x86, uri.as_bytes())
+}
+
+/// GeneralName `[2] dNSName` (IA5String).
+pub fn encode_dns_san(name: &str) -> Vec<u8> {
+    tlv(0x82, name.as_bytes())
+}
+
+/// GeneralName `[7] iPAddress`: 4 or 16 octets in network order.
+pub fn encode_ip_san(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => tlv(0x87, &v4.octets()),
+        std::net::IpAddr::V6(v6) => tlv(0x87, &v6.octets()),
+    }
+}
+
+/// The subjectAltName extension value: `GeneralNames ::= SEQUENCE SIZE (1..MAX) OF
+/// GeneralName` (RFC 5280 §4.2.1.6), from already-encoded GeneralNames.
+pub fn encode_subject_alt_names(names: &[Vec<u8>]) -> Vec<u8> {
+    tlv(TAG_SEQ, &names.concat())
+}
+
+/// The value of a Portcullis UTF8String extension ([`OID_ATTESTATION_FORMAT`],
+/// [`OID_DEVICE_PLATFORM`]): one DER UTF8String, which `utf8_extension` reads back.
+pub fn encode_utf8_extension(text: &str) -> Vec<u8> {
+    tlv(TAG_UTF8, text.as_bytes())
+}
+
+const TAG_SEQ: u8 = 0x30;
+const TAG_UTF8: u8 = 0x0c;
+const TAG_OID: u8 = 0x06;
+const TAG_OCTETS: u8 = 0x04;
+
+/// `[0] IMPLICIT OtherName { type-id, [0] EXPLICIT value }` (RFC 5280 §4.2.1.6).
+fn other_name(type_id: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut body = tlv(TAG_OID, type_id);
+    body.extend(tlv(0xa0, value));
+    tlv(0xa0, &body)
+}
+
+/// Content octets of a dotted OBJECT IDENTIFIER (X.690 §8.19): the first two arcs as
+/// `40 * a + b`, every arc base-128 with continuation bits. `None` for anything that is not
+/// `0|1|2 . arc (. arc)*` with the second arc below 40 under 0 and 1, or has leading zeros.
+pub fn oid_content(dotted: &str) -> Option<Vec<u8>> {
+    let arcs: Vec<u64> = dotted
+        .split('.')
+        .map(|a| {
+            let ok = !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && (a == "0" || !a.starts_with('0'));
+            ok.then(|| a.parse::<u64>().ok()).flatten()
+        })
+        .collect::<Option<_>>()?;
+    let (&first, &second) = (arcs.first()?, arcs.get(1)?);
+    if first > 2 || (first < 2 && second >= 40) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let head = first.checked_mul(40)?.checked_add(second)?;
+    for arc in std::iter::once(head).chain(arcs[2..].iter().copied()) {
+        let mut groups = vec![(arc & 0x7f) as u8];
+        let mut rest = arc >> 7;
+        while rest > 0 {
+            groups.push((rest & 0x7f) as u8 | 0x80);
+            rest >>= 7;
+        }
+        out.extend(groups.iter().rev());
+    }
+    Some(out)
+}
+
+/// One DER TLV with a definite length (X.690 §8.1.3).
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let len = value.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(value);
+    out
 }
 
 /// A Portcullis extension holding one DER UTF8String. Absent, duplicated or malformed → `None`
@@ -627,6 +767,59 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = DeviceIdentity::from_der(&bad, TD);
         }
+    }
+
+    #[test]
+    fn encoders_round_trip_through_the_parser() {
+        // DER of the whole SAN, checked by parsing a certificate carrying it.
+        assert_eq!(
+            oid_content(OID_PERMANENT_IDENTIFIER).as_deref(),
+            Some(PERMANENT_IDENTIFIER_DER)
+        );
+        assert_eq!(
+            oid_content(OID_ATTESTATION_FORMAT).as_deref(),
+            Some(ATTESTATION_FORMAT_DER)
+        );
+        for bad in ["", "1", "3.1", "1.40", "1.02", "1..2", "1.a"] {
+            assert_eq!(oid_content(bad), None, "{bad}");
+        }
+        assert_eq!(oid_content("2.999").unwrap(), vec![0x88, 0x37]);
+        let pi = encode_permanent_identifier_san("SN-1", Some("1.3.6.1.4.1.311")).unwrap();
+        assert!(encode_permanent_identifier_san("SN-1", Some("x")).is_none());
+        let hw = encode_hardware_module_name_san("1.3.6.1.4.1.41482", b"HW-9").unwrap();
+        assert!(encode_hardware_module_name_san("1.3.6.1.4.1.41482", b"").is_none());
+        let uri = spiffe_device_uri(TD, "SN-1").unwrap();
+        assert_eq!(uri, "spiffe://corp.example/device/SN-1");
+        assert_eq!(spiffe_device_uri(TD, "a/b"), None);
+        assert_eq!(spiffe_device_uri("a/b", "x"), None);
+        let ca = testutil::ca("root");
+        for (names, want, source) in [
+            (
+                vec![pi.clone(), encode_uri_san(&uri)],
+                "SN-1",
+                IdSource::PermanentIdentifier,
+            ),
+            (vec![hw], "HW-9", IdSource::HardwareModuleName),
+        ] {
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[2, 5, 29, 17],
+                    encode_subject_alt_names(&names),
+                ));
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca.issuer()).unwrap();
+            let id = DeviceIdentity::from_der(cert.der(), TD).unwrap();
+            assert_eq!(id.device_id.as_deref(), Some(want));
+            assert_eq!(id.id_source, Some(source));
+        }
+        assert_eq!(encode_utf8_extension("step"), b"\x0c\x04step".to_vec());
+        assert_eq!(
+            encode_ip_san("10.0.0.1".parse().unwrap()),
+            vec![0x87, 4, 10, 0, 0, 1]
+        );
+        assert_eq!(encode_dns_san("a"), vec![0x82, 1, b'a']);
     }
 
     #[test]

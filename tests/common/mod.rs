@@ -397,7 +397,7 @@ impl Gateway {
 
 /// The address in the JSON log line whose message is `message` (`"addr"` field; the gateway
 /// may log it as `Some(…)`).
-fn logged_addr(log: &str, message: &str) -> Option<SocketAddr> {
+pub fn logged_addr(log: &str, message: &str) -> Option<SocketAddr> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["fields"]["message"] == message)

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::pki::CertTemplate;
 
+/// The trust domain when none is configured (the config's `[trust]` default).
+pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
+
 /// The directory's `meta` object (RFC 8555 §7.1.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectoryMeta {
@@ -43,6 +46,47 @@ impl Default for Http01Config {
     }
 }
 
+/// Trust anchors per attestation format for `device-attest-01` (`[ca.attestation]`). `None`
+/// for a format: the vendor roots embedded in [`crate::attest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttestationConfig {
+    /// TPM manufacturer / attestation CA roots for AK certificates (DER).
+    pub tpm_roots: Option<Vec<Vec<u8>>>,
+    /// Apple Enterprise Attestation roots (DER).
+    pub apple_roots: Option<Vec<Vec<u8>>>,
+    /// YubiKey PIV attestation roots (DER).
+    pub step_roots: Option<Vec<Vec<u8>>>,
+    /// Accept SHA-1 in TPM attestations (RS1 signatures, SHA-1 Names and certificates).
+    pub allow_sha1_tpm: bool,
+}
+
+impl AttestationConfig {
+    /// The verifiers for these roots: every format, configured roots replacing the embedded
+    /// ones. The Yubico A1/B1 intermediates stay supplied: they only help chains that reach a
+    /// configured root.
+    pub fn verifiers(&self) -> crate::attest::Verifiers {
+        use crate::attest::{apple::AppleVerifier, step::StepVerifier, tpm::TpmVerifier};
+        let mut tpm = TpmVerifier::with_default_roots();
+        if let Some(roots) = &self.tpm_roots {
+            tpm.roots = roots.clone();
+        }
+        tpm.allow_sha1 = self.allow_sha1_tpm;
+        let mut apple = AppleVerifier::with_default_roots();
+        if let Some(roots) = &self.apple_roots {
+            apple.roots = roots.clone();
+        }
+        let mut step = StepVerifier::with_default_roots();
+        if let Some(roots) = &self.step_roots {
+            step.roots = roots.clone();
+        }
+        let mut v = crate::attest::Verifiers::default();
+        v.register(std::sync::Arc::new(tpm));
+        v.register(std::sync::Arc::new(apple));
+        v.register(std::sync::Arc::new(step));
+        v
+    }
+}
+
 #[derive(Clone)]
 pub struct AcmeConfig {
     /// Scheme, host and port clients reach the server at, without a trailing slash, e.g.
@@ -57,6 +101,13 @@ pub struct AcmeConfig {
     pub http01: Option<Http01Config>,
     /// What http-01 (workload) certificates look like.
     pub workload_template: CertTemplate,
+    /// What device-attest-01 (device) certificates look like.
+    pub device_template: CertTemplate,
+    /// The SPIFFE trust domain of the device URI `spiffe://<trust_domain>/device/<id>` put on
+    /// device certificates (`[trust] trust_domain`, which enforcement points parse with).
+    pub trust_domain: String,
+    /// Roots per attestation format for device-attest-01.
+    pub attestation: AttestationConfig,
     /// How long a new order (and its authorizations) may stay unfinished.
     pub order_lifetime: Duration,
     pub nonce_lifetime: Duration,
@@ -76,6 +127,8 @@ impl std::fmt::Debug for AcmeConfig {
             .field("eab_key_ids", &self.eab_keys.keys().collect::<Vec<_>>())
             .field("http01", &self.http01)
             .field("workload_template", &self.workload_template)
+            .field("device_template", &self.device_template)
+            .field("trust_domain", &self.trust_domain)
             .field("order_lifetime", &self.order_lifetime)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
@@ -90,6 +143,9 @@ impl AcmeConfig {
             eab_keys: HashMap::new(),
             http01: None,
             workload_template: CertTemplate::workload(),
+            device_template: CertTemplate::device(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            attestation: AttestationConfig::default(),
             order_lifetime: Duration::from_secs(24 * 3600),
             nonce_lifetime: Duration::from_secs(3600),
             nonce_capacity: 100_000,

@@ -1,5 +1,6 @@
 //! Identifier checks for newOrder: syntax of DNS names and the CA's allow-list.
 
+use super::challenge::device_attest01::{check_identifier, HARDWARE_MODULE, PERMANENT_IDENTIFIER};
 use super::model::Identifier;
 use super::problem::{Problem, ProblemIdentifier, ProblemType};
 
@@ -49,6 +50,86 @@ pub fn allowed(name: &str, allow_list: &[String]) -> bool {
             None => name == entry,
         }
     })
+}
+
+/// Whether `identifier` names a device (draft-ietf-acme-device-attest §3 `permanent-identifier`,
+/// §4 `hardware-module`).
+pub fn is_device_identifier(identifier: &Identifier) -> bool {
+    identifier.kind == PERMANENT_IDENTIFIER || identifier.kind == HARDWARE_MODULE
+}
+
+/// The inventory id of the device a (grammar-checked) device identifier names: the
+/// `device-identifier-value` of a permanent-identifier without its `/assigner-oid`, the
+/// `serial` of a hardware-module. It is also the id in the certificate's SPIFFE URI.
+pub fn device_id_of(identifier: &Identifier) -> Option<String> {
+    let v = identifier.value.as_str();
+    match identifier.kind.as_str() {
+        PERMANENT_IDENTIFIER => Some(match v.rsplit_once('/') {
+            Some((value, _assigner)) => value.to_string(),
+            None => v.to_string(),
+        }),
+        HARDWARE_MODULE => v.rsplit_once('/').map(|(serial, _)| serial.to_string()),
+        _ => None,
+    }
+}
+
+/// Checks the identifiers of a newOrder that names a device. Rules:
+/// - grammar of draft-ietf-acme-device-attest §3/§4 (`malformed`, RFC 8555 §6.7);
+/// - no mixing with other identifier types, and exactly one device (`rejectedIdentifier`,
+///   RFC 8555 §7.4 "the server MUST return an error if it cannot fulfill the request"): a
+///   device certificate names one device, and `portcullis_policy::DeviceIdentity` treats a
+///   certificate with two device ids as naming none, so such a certificate would be useless
+///   and ambiguous;
+/// - the device id must fit the SPIFFE URI the certificate carries (`rejectedIdentifier`).
+pub fn check_device_order_identifiers(
+    identifiers: &[Identifier],
+) -> Result<Vec<Identifier>, Problem> {
+    let mut ids = identifiers.to_vec();
+    ids.sort();
+    ids.dedup();
+    let reject = |detail: String, ident: &Identifier| {
+        Problem::new(
+            ProblemType::RejectedIdentifier,
+            format!("{}: {detail}", ident.value),
+        )
+        .with_subproblem(
+            ProblemType::RejectedIdentifier,
+            detail,
+            Some(ProblemIdentifier {
+                kind: ident.kind.clone(),
+                value: ident.value.clone(),
+            }),
+        )
+    };
+    if let Some(other) = ids.iter().find(|i| !is_device_identifier(i)) {
+        return Err(reject(
+            format!(
+                "an order for a device certificate cannot also name a `{}` identifier",
+                other.kind
+            ),
+            other,
+        ));
+    }
+    if ids.len() > 1 {
+        return Err(reject(
+            "an order for a device certificate names exactly one device".into(),
+            &ids[1],
+        ));
+    }
+    let ident = ids
+        .first()
+        .ok_or_else(|| Problem::malformed("an order needs at least one identifier"))?;
+    check_identifier(ident).map_err(|e| Problem::malformed(format!("{}: {e}", ident.value)))?;
+    let device = device_id_of(ident).unwrap_or_default();
+    if !portcullis_policy::identity::is_spiffe_device_segment(&device) {
+        return Err(reject(
+            format!(
+                "device id `{device}` cannot be a SPIFFE path segment (letters, digits, `.`, `-`, `_`)"
+            ),
+            ident,
+        ));
+    }
+    Ok(ids)
 }
 
 /// Checks all identifiers of a newOrder; the result is the normalised, de-duplicated, sorted
@@ -131,6 +212,42 @@ pub fn check_order_identifiers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_orders_name_one_device_and_nothing_else() {
+        let id = |k: &str, v: &str| Identifier {
+            kind: k.into(),
+            value: v.into(),
+        };
+        let ok = check_device_order_identifiers(&[
+            id(PERMANENT_IDENTIFIER, "5970478"),
+            id(PERMANENT_IDENTIFIER, "5970478"),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(
+            device_id_of(&id(PERMANENT_IDENTIFIER, "dev-1/1.3.6.1.4.1.311")).as_deref(),
+            Some("dev-1")
+        );
+        assert_eq!(
+            device_id_of(&id(HARDWARE_MODULE, "ab12/1.3.6.1.4.1.41482")).as_deref(),
+            Some("ab12")
+        );
+        let kind = |ids: &[Identifier]| check_device_order_identifiers(ids).unwrap_err().kind;
+        assert_eq!(
+            kind(&[id(PERMANENT_IDENTIFIER, "1"), Identifier::dns("a.example")]),
+            ProblemType::RejectedIdentifier
+        );
+        assert_eq!(
+            kind(&[id(PERMANENT_IDENTIFIER, "1"), id(PERMANENT_IDENTIFIER, "2")]),
+            ProblemType::RejectedIdentifier
+        );
+        assert_eq!(kind(&[id(HARDWARE_MODULE, "ab12")]), ProblemType::Malformed);
+        assert_eq!(
+            kind(&[id(PERMANENT_IDENTIFIER, "a:b")]),
+            ProblemType::RejectedIdentifier
+        );
+    }
 
     #[test]
     fn dns_syntax() {

@@ -3,6 +3,7 @@
 
 pub mod challenge;
 pub mod config;
+pub mod device;
 pub mod eab;
 pub mod identifier;
 pub mod jwk;
@@ -12,5 +13,5 @@ pub mod nonce;
 pub mod problem;
 pub mod server;
 
-pub use config::{AcmeConfig, DirectoryMeta, Http01Config};
+pub use config::{AcmeConfig, AttestationConfig, DirectoryMeta, Http01Config};
 pub use server::{cert_id_of, AcmeServer, Recovery, Urls};

@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::keys::{key_from_pem, CaSigner, KeyAlgorithm};
 use super::pem;
 use super::serial::Serial;
-use super::template::{CertTemplate, KeyUsage, LifetimePolicy, Purpose, BACKDATE};
+use super::template::{CertTemplate, KeyUsage, LifetimePolicy, Purpose, RevocationUrls, BACKDATE};
 use super::PkiError;
 use crate::clock::{from_unix_seconds, unix_seconds};
 
@@ -95,6 +95,15 @@ pub struct IssueRequest<'a> {
     pub not_after: Option<SystemTime>,
 }
 
+/// Device-certificate content beyond [`IssueRequest`] (see [`Authority::issue_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueExtras {
+    /// Encoded GeneralNames (otherName) added to the subjectAltName.
+    pub other_names: Vec<Vec<u8>>,
+    /// Non-critical extensions: OID arcs and the DER extension value.
+    pub extensions: Vec<(Vec<u64>, Vec<u8>)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedCert {
     pub serial: Serial,
@@ -120,6 +129,9 @@ pub struct Authority {
     issuer: Issuer<'static, BoxedSigner>,
     policy: LifetimePolicy,
     rng: SystemRandom,
+    /// CRL distribution point and OCSP URLs put into every leaf (issue 5); set once by the
+    /// service when it serves them.
+    revocation_urls: std::sync::OnceLock<RevocationUrls>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -273,6 +285,7 @@ impl Authority {
             issuer,
             policy,
             rng: SystemRandom::new(),
+            revocation_urls: std::sync::OnceLock::new(),
         })
     }
 
@@ -291,6 +304,23 @@ impl Authority {
     /// The intermediate's subjectKeyIdentifier (the leaves' authorityKeyIdentifier).
     pub fn key_identifier(&self) -> &[u8] {
         &self.key_identifier
+    }
+
+    /// From now on, leaves carry these CRL distribution point / OCSP URLs (RFC 5280
+    /// §4.2.1.13, §4.2.2.1). Set once; false if they were already set.
+    pub fn set_revocation_urls(&self, urls: RevocationUrls) -> bool {
+        self.revocation_urls.set(urls).is_ok()
+    }
+
+    /// The intermediate as an rcgen issuer, for the other things it signs: CRLs and the
+    /// delegated OCSP responder certificate (`crate::revocation`).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, impl SigningKey> {
+        &self.issuer
+    }
+
+    /// `t`, or the intermediate's notAfter if that comes first.
+    pub(crate) fn clamp_not_after(&self, t: SystemTime) -> SystemTime {
+        t.min(self.intermediate_not_after)
     }
 
     pub fn policy(&self) -> LifetimePolicy {
@@ -337,6 +367,17 @@ impl Authority {
     /// usages and lifetime; the serial is fresh and random on every call, so a retry after a
     /// failed store never reuses one.
     pub fn issue(&self, req: &IssueRequest<'_>, now: SystemTime) -> Result<IssuedCert, PkiError> {
+        self.issue_with(req, &IssueExtras::default(), now)
+    }
+
+    /// [`Authority::issue`] with what rcgen cannot express for device certificates: otherName
+    /// SANs (RFC 4043 / RFC 4108 values are SEQUENCEs) and Portcullis extensions.
+    pub fn issue_with(
+        &self,
+        req: &IssueRequest<'_>,
+        extras: &IssueExtras,
+        now: SystemTime,
+    ) -> Result<IssuedCert, PkiError> {
         req.template.validate(&self.policy)?;
         let (not_before, not_after) =
             self.validity(req.template, req.not_before, req.not_after, now)?;
@@ -369,6 +410,30 @@ impl Authority {
             })?));
         }
         params.subject_alt_names = sans;
+        if !extras.other_names.is_empty() {
+            // The whole subjectAltName by hand, the same names plus the otherNames, critical
+            // when the subject is empty (RFC 5280 §4.2.1.6) as rcgen would have marked it.
+            use portcullis_policy::identity as pid;
+            let mut names = extras.other_names.clone();
+            names.extend(req.dns_names.iter().map(|d| pid::encode_dns_san(d)));
+            names.extend(req.ip_addresses.iter().map(|ip| pid::encode_ip_san(*ip)));
+            names.extend(req.uris.iter().map(|u| pid::encode_uri_san(u)));
+            let mut san = rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                pid::encode_subject_alt_names(&names),
+            );
+            san.set_criticality(params.distinguished_name.iter().next().is_none());
+            params.subject_alt_names.clear();
+            params.custom_extensions.push(san);
+        }
+        for (arcs, value) in &extras.extensions {
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    arcs,
+                    value.clone(),
+                ));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = req
             .template
@@ -385,6 +450,9 @@ impl Authority {
             Purpose::Workload => ExtendedKeyUsagePurpose::ServerAuth,
         }];
         params.use_authority_key_identifier_extension = true;
+        if let Some(urls) = self.revocation_urls.get() {
+            urls.apply(&mut params);
+        }
         params.not_before = odt(not_before);
         params.not_after = odt(not_after);
         let serial = Serial::random(&self.rng)?;

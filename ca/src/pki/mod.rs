@@ -19,12 +19,12 @@ pub mod pem;
 mod serial;
 mod template;
 
-pub use authority::{Authority, CaPaths, InitOptions, IssueRequest, IssuedCert};
+pub use authority::{Authority, CaPaths, InitOptions, IssueExtras, IssueRequest, IssuedCert};
 pub use csr::{jwk_of_spki_der, subject_key, Csr, CsrError, SubjectKey};
 pub use keys::{key_from_pem, CaSigner, KeyAlgorithm};
 pub use serial::Serial;
 pub use template::{
-    CertTemplate, KeyUsage, LifetimePolicy, Purpose, BACKDATE, DEFAULT_LIFETIME,
+    CertTemplate, KeyUsage, LifetimePolicy, Purpose, RevocationUrls, BACKDATE, DEFAULT_LIFETIME,
     DEFAULT_MAX_LIFETIME, MIN_LIFETIME,
 };
 

@@ -79,6 +79,59 @@ impl CertTemplate {
     }
 }
 
+/// Where relying parties check a leaf's revocation: the CRL Distribution Points extension
+/// (RFC 5280 §4.2.1.13) and the Authority Information Access extension with an id-ad-ocsp
+/// access method (§4.2.2.1, RFC 6960 §3.1). Plain `http://` URLs: fetching them must not
+/// depend on the certificates whose status they tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationUrls {
+    pub crl: Option<String>,
+    pub ocsp: Option<String>,
+}
+
+impl RevocationUrls {
+    /// Adds the extensions to a leaf's parameters (both non-critical, as §4.2.1.13 and
+    /// §4.2.2.1 recommend).
+    pub fn apply(&self, params: &mut rcgen::CertificateParams) {
+        if let Some(crl) = &self.crl {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![crl.clone()],
+            }];
+        }
+        if let Some(ocsp) = &self.ocsp {
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+                    aia_ocsp(ocsp),
+                ));
+        }
+    }
+}
+
+/// `AuthorityInfoAccessSyntax ::= SEQUENCE OF AccessDescription` with one
+/// `AccessDescription { accessMethod id-ad-ocsp, accessLocation uniformResourceIdentifier [6] }`.
+fn aia_ocsp(url: &str) -> Vec<u8> {
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else if len < 0x100 {
+            out.extend([0x81, len as u8]);
+        } else {
+            // URLs are configuration, far below 64 KiB; validation keeps them short.
+            out.extend([0x82, (len >> 8) as u8, len as u8]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let id_ad_ocsp = tlv(0x06, &[0x2b, 6, 1, 5, 5, 7, 48, 1]);
+    let location = tlv(0x86, url.as_bytes());
+    let description = tlv(0x30, &[id_ad_ocsp, location].concat());
+    tlv(0x30, &description)
+}
+
 /// The lifetimes the CA allows, whatever a template or an order asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LifetimePolicy {
@@ -148,5 +201,23 @@ mod tests {
         let mut t = CertTemplate::workload();
         t.key_usages.clear();
         assert!(t.validate(&policy).is_err());
+    }
+}
+
+#[cfg(test)]
+mod revocation_url_tests {
+    use super::*;
+
+    #[test]
+    fn aia_carries_one_ocsp_uri() {
+        let url = "http://ca.test:8080/ocsp";
+        let der = aia_ocsp(url);
+        let mut expected = vec![
+            0x30, 0x26, 0x30, 0x24, 0x06, 0x08, 0x2b, 6, 1, 5, 5, 7, 48, 1,
+        ];
+        expected.extend([0x86, url.len() as u8]);
+        expected.extend(url.as_bytes());
+        assert_eq!(der, expected);
+        assert_eq!(aia_ocsp(&"x".repeat(300))[..4], [0x30, 0x82, 0x01, 0x3e]);
     }
 }

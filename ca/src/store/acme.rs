@@ -79,6 +79,21 @@ pub struct CertRecord {
     pub revocation_reason: Option<i64>,
 }
 
+/// What a verified `device-attest-01` challenge proved, recorded on its authorization
+/// (draft-ietf-acme-device-attest §5; finalize compares the CSR key with `spki_der`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAttestation {
+    /// The inventory id of the device (the identifier value without assigner / type OID).
+    pub device_id: String,
+    /// The attested key, SubjectPublicKeyInfo DER.
+    pub spki_der: Vec<u8>,
+    /// The attObj `fmt` that verified.
+    pub format: String,
+    /// Facts from the attestation (platform, model, firmware, ...), a JSON object.
+    pub details: Value,
+    pub at: i64,
+}
+
 /// A new order with, per identifier, the challenges (type, token) its authorization offers.
 #[derive(Debug, Clone)]
 pub struct NewOrder {
@@ -146,10 +161,25 @@ pub trait AcmeStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
     fn processing_challenges(&self) -> Result<Vec<i64>, StoreError>;
+    /// Records `attestation` on the authorization of the challenge with `token`, while that
+    /// challenge is `processing` (being validated). False if it was not.
+    fn record_attestation(
+        &self,
+        token: &str,
+        attestation: &DeviceAttestation,
+    ) -> Result<bool, StoreError>;
+    /// Each authorization of the order with its identifier and recorded attestation, if any.
+    fn order_attestations(
+        &self,
+        order_id: i64,
+    ) -> Result<Vec<(Identifier, Option<DeviceAttestation>)>, StoreError>;
 
     /// ready → processing with the CSR stored; false if the order was not ready.
     fn begin_finalize(&self, order_id: i64, csr_der: &[u8], now: i64) -> Result<bool, StoreError>;
     /// Inserts the certificate and marks the order valid with its serial, in one transaction.
+    /// With a `device_id`, the device must be `active` in that same transaction
+    /// ([`StoreError::DeviceNotActive`] otherwise): a status change commits either before
+    /// (refused here) or after (and then revokes this row).
     fn complete_issuance(&self, order_id: i64, cert: &NewCert<'_>) -> Result<(), StoreError>;
     /// processing → invalid with `problem`.
     fn fail_order(&self, order_id: i64, problem: &Value) -> Result<(), StoreError>;
@@ -656,6 +686,66 @@ impl AcmeStore for SqliteStore {
         Ok(ids)
     }
 
+    fn record_attestation(
+        &self,
+        token: &str,
+        attestation: &DeviceAttestation,
+    ) -> Result<bool, StoreError> {
+        let details = serde_json::to_string(&attestation.details).map_err(corrupt)?;
+        let n = self.conn().execute(
+            "UPDATE authorizations SET device_id = ?2, attested_spki = ?3, attested_format = ?4,
+                 attested_details = ?5, attested_at = ?6
+             WHERE status = 'pending' AND id = (SELECT authz_id FROM challenges
+                 WHERE token = ?1 AND status = 'processing')",
+            params![
+                token,
+                attestation.device_id,
+                attestation.spki_der,
+                attestation.format,
+                details,
+                attestation.at
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn order_attestations(
+        &self,
+        order_id: i64,
+    ) -> Result<Vec<(Identifier, Option<DeviceAttestation>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id_type, id_value, device_id, attested_spki, attested_format, attested_details,
+                    attested_at
+             FROM authorizations WHERE order_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([order_id], |r| {
+            let identifier = Identifier {
+                kind: r.get(0)?,
+                value: r.get(1)?,
+            };
+            let device_id: Option<String> = r.get(2)?;
+            let spki: Option<Vec<u8>> = r.get(3)?;
+            let format: Option<String> = r.get(4)?;
+            let details = json_opt(r.get(5)?)?;
+            let at: Option<i64> = r.get(6)?;
+            let attestation = match (device_id, spki, format, at) {
+                (Some(device_id), Some(spki_der), Some(format), Some(at)) => {
+                    Some(DeviceAttestation {
+                        device_id,
+                        spki_der,
+                        format,
+                        details: details.unwrap_or(Value::Null),
+                        at,
+                    })
+                }
+                _ => None,
+            };
+            Ok((identifier, attestation))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn begin_finalize(&self, order_id: i64, csr_der: &[u8], now: i64) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -679,6 +769,19 @@ impl AcmeStore for SqliteStore {
             )
             .optional()?;
         let account_id = account_id.ok_or(StoreError::NotFound("order"))?;
+        if let Some(device) = cert.device_id {
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM devices WHERE id = ?1", [device], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if status.as_deref() != Some("active") {
+                return Err(StoreError::DeviceNotActive {
+                    device: device.to_string(),
+                    status: status.unwrap_or_else(|| "unknown to the inventory".into()),
+                });
+            }
+        }
         // The serial column is the primary key: a (vanishingly unlikely) repeated serial fails
         // here and the whole issuance rolls back instead of recording a second certificate.
         tx.execute(
@@ -768,6 +871,7 @@ impl AcmeStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_config::DeviceStatus;
     use serde_json::json;
 
     fn key(b: u8) -> PublicJwk {
@@ -979,6 +1083,73 @@ mod tests {
         store
             .complete_issuance(second.id, &cert("bb", "fp2"))
             .unwrap();
+    }
+
+    #[test]
+    fn attestations_are_recorded_while_validating_and_issuance_needs_an_active_device() {
+        let (store, _, order) = setup();
+        let att = DeviceAttestation {
+            device_id: "dev-1".into(),
+            spki_der: vec![1, 2, 3],
+            format: "step".into(),
+            details: serde_json::json!({"platform": "YubiKey"}),
+            at: 20,
+        };
+        // Not while the challenge is pending (only a challenge being validated records).
+        assert!(!store.record_attestation("tok-a", &att).unwrap());
+        let c = challenge_of(&store, order.authz_ids[0]);
+        assert!(store.start_challenge(c, 20).unwrap());
+        assert!(store.record_attestation("tok-a", &att).unwrap());
+        assert!(!store.record_attestation("no-such-token", &att).unwrap());
+        let all = store.order_attestations(order.id).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], (Identifier::dns("a.example"), Some(att.clone())));
+        assert_eq!(all[1].1, None);
+        store.finish_challenge(c, Ok(()), 21).unwrap();
+        make_ready_rest(&store, &order);
+
+        // The device is unknown, then quarantined: nothing commits; active: it does.
+        assert!(store.begin_finalize(order.id, b"csr", 30).unwrap());
+        let mut with_device = cert("0d", "fpd");
+        with_device.device_id = Some("dev-1");
+        assert!(matches!(
+            store.complete_issuance(order.id, &with_device),
+            Err(StoreError::DeviceNotActive { ref status, .. }) if status == "unknown to the inventory"
+        ));
+        let device = |status| crate::store::NewDevice {
+            id: "dev-1".into(),
+            hw_module_id: None,
+            platform: None,
+            owner: None,
+            tags: Default::default(),
+            status,
+            source: "test".into(),
+        };
+        let now = std::time::SystemTime::now();
+        store
+            .upsert_device(&device(DeviceStatus::Quarantined), "t", "r", now)
+            .unwrap();
+        assert!(matches!(
+            store.complete_issuance(order.id, &with_device),
+            Err(StoreError::DeviceNotActive { ref status, .. }) if status == "quarantined"
+        ));
+        assert!(store.certificate("0d").unwrap().is_none());
+        store
+            .upsert_device(&device(DeviceStatus::Active), "t", "r", now)
+            .unwrap();
+        store.complete_issuance(order.id, &with_device).unwrap();
+        let row = store.certificate("0d").unwrap().unwrap();
+        assert_eq!(row.device_id.as_deref(), Some("dev-1"));
+    }
+
+    /// Validates every authorization of `order` that is still pending.
+    fn make_ready_rest(store: &SqliteStore, order: &OrderRecord) {
+        for a in &order.authz_ids {
+            let c = challenge_of(store, *a);
+            if store.start_challenge(c, 22).unwrap() {
+                store.finish_challenge(c, Ok(()), 23).unwrap();
+            }
+        }
     }
 
     #[test]

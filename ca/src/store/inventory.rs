@@ -56,15 +56,26 @@ pub struct StatusChange {
     pub revoked: Vec<String>,
 }
 
-/// Why a device's certificates are revoked when it leaves `active` (RFC 5280 §5.3.1): a
-/// quarantined device's privilege is withdrawn (9); a retired device has ceased operation (5).
-/// Revocation is final either way; a device returning to `active` enrols again, so a stolen
-/// certificate of a quarantined device never becomes good again.
+/// RFC 5280 §5.3.1 certificateHold: the one reason that may be undone.
+pub const REASON_CERTIFICATE_HOLD: i64 = 6;
+/// RFC 5280 §5.3.1 cessationOfOperation.
+pub const REASON_CESSATION_OF_OPERATION: i64 = 5;
+
+/// Why a device's certificates are revoked when it leaves `active` (RFC 5280 §5.3.1), as
+/// issue 5 maps inventory status onto certificate status: a quarantine is a suspension
+/// (certificateHold, 6), because a quarantined device is usually investigated and let back
+/// in; a retired device has ceased operation (5), which is final.
+///
+/// A device returning to `active` releases its held certificates (they leave the CRL and
+/// OCSP says `good` again: the removeFromCRL semantic of §5.3.1, expressed in a full CRL by
+/// the entry's absence). Retiring a quarantined device turns its holds into
+/// cessationOfOperation, keeping the original revocation time. Certificates revoked for any
+/// other reason (ACME revokeCert, which never accepts certificateHold) are never released.
 pub fn revocation_reason(status: DeviceStatus) -> Option<i64> {
     match status {
         DeviceStatus::Active => None,
-        DeviceStatus::Quarantined => Some(9),
-        DeviceStatus::Retired => Some(5),
+        DeviceStatus::Quarantined => Some(REASON_CERTIFICATE_HOLD),
+        DeviceStatus::Retired => Some(REASON_CESSATION_OF_OPERATION),
     }
 }
 
@@ -78,8 +89,23 @@ fn revoke_for_status(
     now: i64,
 ) -> rusqlite::Result<Vec<String>> {
     let Some(reason) = revocation_reason(status) else {
+        // Back to active: release the holds (RFC 5280 §5.3.1, removeFromCRL). Only
+        // certificateHold is ever undone; the caller's transaction makes the release and the
+        // status change one event.
+        tx.execute(
+            "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL WHERE device_id = ?1 AND revoked_at IS NOT NULL AND revocation_reason = ?2",
+            params![device_id, REASON_CERTIFICATE_HOLD],
+        )?;
         return Ok(Vec::new());
     };
+    if reason != REASON_CERTIFICATE_HOLD {
+        // A hold becoming final (quarantined → retired): the certificate stays revoked from
+        // the time it was held, now with the final reason.
+        tx.execute(
+            "UPDATE certificates SET revocation_reason = ?2 WHERE device_id = ?1 AND revoked_at IS NOT NULL AND revocation_reason = ?3",
+            params![device_id, reason, REASON_CERTIFICATE_HOLD],
+        )?;
+    }
     let mut stmt = tx.prepare(
         "SELECT serial FROM certificates WHERE device_id = ?1 AND revoked_at IS NULL ORDER BY serial",
     )?;
@@ -483,16 +509,37 @@ mod revocation_tests {
             .unwrap();
         assert_eq!(change.revoked, vec!["0a".to_string(), "0b".to_string()]);
         let a = store.certificate("0a").unwrap().unwrap();
-        assert_eq!((a.revoked_at, a.revocation_reason), (Some(100), Some(9)));
+        assert_eq!((a.revoked_at, a.revocation_reason), (Some(100), Some(6)));
         assert_eq!(store.certificate("0c").unwrap().unwrap().revoked_at, None);
-        // Back to active revokes nothing and un-revokes nothing.
+        // A certificate revoked for another reason (ACME keyCompromise) is never released.
+        cert(&store, "0e", "SN-9");
+        store.revoke_certificate("0e", 1, 90).unwrap();
+        // Back to active releases the holds (RFC 5280 §5.3.1) and nothing else.
         let change = store
             .set_device_status("SN-9", DeviceStatus::Active, "admin", "found", t)
             .unwrap();
         assert!(change.revoked.is_empty());
+        let a = store.certificate("0a").unwrap().unwrap();
+        assert_eq!((a.revoked_at, a.revocation_reason), (None, None));
+        let e = store.certificate("0e").unwrap().unwrap();
+        assert_eq!((e.revoked_at, e.revocation_reason), (Some(90), Some(1)));
+        // Quarantined again, then retired: the holds become final with their first time.
+        let later = t + Duration::from_secs(50);
+        store
+            .set_device_status("SN-9", DeviceStatus::Quarantined, "admin", "again", t)
+            .unwrap();
+        store
+            .set_device_status("SN-9", DeviceStatus::Retired, "admin", "gone", later)
+            .unwrap();
+        let a = store.certificate("0a").unwrap().unwrap();
+        assert_eq!((a.revoked_at, a.revocation_reason), (Some(100), Some(5)));
+        store
+            .set_device_status("SN-9", DeviceStatus::Active, "admin", "undo", later)
+            .unwrap();
         assert_eq!(
             store.certificate("0a").unwrap().unwrap().revocation_reason,
-            Some(9)
+            Some(5),
+            "cessationOfOperation is final"
         );
         // Retiring through an import (upsert) revokes a newer certificate with reason 5.
         cert(&store, "0d", "SN-9");

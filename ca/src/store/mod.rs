@@ -8,10 +8,12 @@ mod revocations;
 mod sqlite;
 
 pub use acme::{
-    AccountRecord, AcmeStore, AuthzRecord, CertRecord, ChallengeRecord, NewCert, NewOrder,
-    OrderRecord,
+    AccountRecord, AcmeStore, AuthzRecord, CertRecord, ChallengeRecord, DeviceAttestation, NewCert,
+    NewOrder, OrderRecord,
 };
 pub use inventory::{
     revocation_reason, Device, DeviceChange, HistoryEntry, NewDevice, StatusChange,
+    REASON_CERTIFICATE_HOLD, REASON_CESSATION_OF_OPERATION,
 };
+pub use revocations::{CertStatus, RevokedCert};
 pub use sqlite::{SqliteStore, StoreError};

@@ -6,7 +6,11 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Numbered migrations; index + 1 is the version. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,6 +24,10 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// Issuance for a device that is not `active` at the moment the certificate would commit
+    /// (checked inside the issuing transaction, so a quarantine cannot slip in between).
+    #[error("device {device} is {status}, not active")]
+    DeviceNotActive { device: String, status: String },
 }
 
 /// One connection behind a mutex: SQLite serializes writers anyway, and the CA's write rate

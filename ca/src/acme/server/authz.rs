@@ -108,6 +108,22 @@ fn spawn_validation(
                 tracing::info!(challenge = challenge_id, %identifier, kind = validator.kind(), problem = %p, "challenge invalid")
             }
         }
+        // A refused device attestation is a security event (a device that is unknown, not
+        // active, or whose attestation does not verify tried to enrol): audit it with the
+        // rule the problem detail names.
+        if let (crate::acme::challenge::device_attest01::KIND, Err(p)) =
+            (validator.kind(), &outcome)
+        {
+            tracing::warn!(
+                target: crate::inventory::AUDIT_TARGET,
+                action = "device_attest_refused",
+                challenge = challenge_id,
+                identifier = %identifier,
+                problem = p.kind.name(),
+                detail = %p.detail,
+                "device-attest-01 refused"
+            );
+        }
         let outcome = outcome.map_err(|p| serde_json::to_value(p).unwrap_or(Value::Null));
         if let Err(e) = s
             .store

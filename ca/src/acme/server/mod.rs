@@ -73,6 +73,24 @@ impl AcmeServer {
         Self::with_validators(config, store, pki, clock, validators)
     }
 
+    /// [`AcmeServer::new`] plus `device-attest-01` (draft-ietf-acme-device-attest), its
+    /// attestation roots from `config.attestation` and its device checks on `inventory`.
+    pub fn with_inventory(
+        config: AcmeConfig,
+        store: Arc<dyn AcmeStore>,
+        pki: Arc<Authority>,
+        clock: Arc<dyn Clock>,
+        inventory: Arc<crate::inventory::Inventory>,
+    ) -> Arc<Self> {
+        let mut validators = Validators::default();
+        if let Some(h) = &config.http01 {
+            validators.register(Arc::new(Http01::new(h)));
+        }
+        let hooks = super::device::InventoryHooks::new(inventory, store.clone(), clock.clone());
+        validators.register(Arc::new(hooks.validator(config.attestation.verifiers())));
+        Self::with_validators(config, store, pki, clock, validators)
+    }
+
     /// A server with an explicit set of challenge validators (e.g. device-attest-01).
     pub fn with_validators(
         config: AcmeConfig,

@@ -15,12 +15,16 @@ use super::objects;
 use super::request::{path_id, KeyRule};
 use super::response::{no_such, Reply};
 use super::AcmeServer;
-use crate::acme::identifier::check_order_identifiers;
+use crate::acme::challenge::device_attest01::HARDWARE_MODULE;
+use crate::acme::identifier::{
+    check_device_order_identifiers, check_order_identifiers, device_id_of, is_device_identifier,
+};
 use crate::acme::model::{Identifier, OrderStatus};
 use crate::acme::problem::{Problem, ProblemIdentifier, ProblemType};
 use crate::clock::{from_unix_seconds, parse_rfc3339, unix_seconds};
-use crate::pki::{Csr, IssueRequest, PkiError};
-use crate::store::{NewCert, NewOrder, OrderRecord, StoreError};
+use crate::inventory::AUDIT_TARGET;
+use crate::pki::{jwk_of_spki_der, Csr, IssueExtras, IssueRequest, PkiError};
+use crate::store::{DeviceAttestation, NewCert, NewOrder, OrderRecord, StoreError};
 
 /// How often issuance is retried when the store refuses a serial (UNIQUE): each try draws a
 /// new random serial, so a second collision of 128-bit values means something else is wrong.
@@ -43,7 +47,19 @@ pub(super) async fn new_order(
             })
         })?;
     let allow = s.config.http01.as_ref().map(|h| h.allowed_names.as_slice());
-    let identifiers = check_order_identifiers(&identifiers, allow)?;
+    // An order that names a device anywhere is a device order, checked by its own rules
+    // (draft-ietf-acme-device-attest §3, §4; one device, nothing else).
+    let device_order = identifiers.iter().any(is_device_identifier);
+    let identifiers = if device_order {
+        check_device_order_identifiers(&identifiers)?
+    } else {
+        check_order_identifiers(&identifiers, allow)?
+    };
+    let template = if device_order {
+        &s.config.device_template
+    } else {
+        &s.config.workload_template
+    };
 
     let time_field = |k: &str| -> Result<Option<i64>, Problem> {
         match payload.get(k) {
@@ -61,7 +77,7 @@ pub(super) async fn new_order(
     // Refuse now a window issuance would refuse later (§7.4: the server MAY reject it).
     s.pki
         .validity(
-            &s.config.workload_template,
+            template,
             not_before.map(from_unix_seconds),
             not_after.map(from_unix_seconds),
             s.now(),
@@ -150,7 +166,10 @@ pub(super) async fn finalize(
             "the certificate key must not be the account key (RFC 8555 §11.1)",
         ));
     }
-    check_csr_names(&csr, &order)?;
+    match device_attestation(&s, &order)? {
+        Some((_, attestation)) => check_device_csr(&csr, &attestation)?,
+        None => check_csr_names(&csr, &order)?,
+    }
 
     if !s.store.begin_finalize(order.id, &csr_der, s.now_unix())? {
         // Someone finalized (or the order expired) between our read and our write.
@@ -191,22 +210,46 @@ pub(super) fn issue_stored(s: &AcmeServer, order_id: i64) -> Result<(), Problem>
 /// told about is never lost. A crash before the commit leaves the order `processing`;
 /// [`AcmeServer::recover`] re-issues it with a new serial.
 fn issue(s: &AcmeServer, order: &OrderRecord, csr: &Csr) -> Result<(), Problem> {
-    let dns: Vec<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
+    let device = match device_attestation(s, order)
+        .and_then(|d| d.map(|d| device_shape(s, csr, d)).transpose())
+    {
+        Ok(d) => d,
+        Err(p) => {
+            s.store.fail_order(order.id, &problem_json(&p))?;
+            return Err(p);
+        }
+    };
+    let (template, dns, uris, extras) = match &device {
+        Some(d) => (
+            &s.config.device_template,
+            Vec::new(),
+            vec![d.uri.clone()],
+            d.extras.clone(),
+        ),
+        None => (
+            &s.config.workload_template,
+            order.identifiers.iter().map(|i| i.value.clone()).collect(),
+            Vec::new(),
+            IssueExtras::default(),
+        ),
+    };
+    let device_id = device.as_ref().map(|d| d.device_id.as_str());
     // A notBefore the order asked for may have passed while the client was validating; it
     // was checked against backdating at newOrder, so issue from now rather than refuse.
     let now = s.now();
     let not_before = order.not_before.map(|t| from_unix_seconds(t).max(now));
     for _ in 0..ISSUE_ATTEMPTS {
-        let issued = s.pki.issue(
+        let issued = s.pki.issue_with(
             &IssueRequest {
                 spki_der: &csr.spki_der,
-                template: &s.config.workload_template,
+                template,
                 dns_names: &dns,
                 ip_addresses: &[],
-                uris: &[],
+                uris: &uris,
                 not_before,
                 not_after: order.not_after.map(from_unix_seconds),
             },
+            &extras,
             now,
         );
         let cert = match issued {
@@ -232,7 +275,7 @@ fn issue(s: &AcmeServer, order: &OrderRecord, csr: &Csr) -> Result<(), Problem> 
             chain_pem: &cert.chain_pem,
             not_before: unix_seconds(cert.not_before),
             not_after: unix_seconds(cert.not_after),
-            device_id: None,
+            device_id,
         };
         match s.store.complete_issuance(order.id, &record) {
             Ok(()) => {
@@ -242,9 +285,42 @@ fn issue(s: &AcmeServer, order: &OrderRecord, csr: &Csr) -> Result<(), Problem> 
                     serial = %serial,
                     fingerprint = %cert.fingerprint,
                     names = ?dns,
+                    device = ?device_id,
                     "certificate issued"
                 );
+                if let Some(d) = &device {
+                    tracing::info!(
+                        target: AUDIT_TARGET,
+                        action = "issue",
+                        device = %d.device_id,
+                        format = %d.format,
+                        serial = %serial,
+                        fingerprint = %cert.fingerprint,
+                        account = order.account_id,
+                        order = order.id,
+                        "device certificate issued"
+                    );
+                }
                 return Ok(());
+            }
+            // The device left `active` after its challenge: checked in the issuing
+            // transaction itself, so no certificate commits for an untrusted device.
+            Err(StoreError::DeviceNotActive { device, status }) => {
+                let p = Problem::new(
+                    ProblemType::Unauthorized,
+                    format!("inventory rule device-active: device {device} is {status} (checked at issuance)"),
+                );
+                tracing::warn!(
+                    target: AUDIT_TARGET,
+                    action = "issue_refused",
+                    device = %device,
+                    status = %status,
+                    order = order.id,
+                    account = order.account_id,
+                    "device certificate refused: device not active"
+                );
+                s.store.fail_order(order.id, &problem_json(&p))?;
+                return Err(p);
             }
             Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -258,6 +334,109 @@ fn issue(s: &AcmeServer, order: &OrderRecord, csr: &Csr) -> Result<(), Problem> 
         ProblemType::ServerInternal,
         "could not record the certificate",
     ))
+}
+
+/// What a device certificate carries beyond the template: its names and the
+/// attestation-format extension (ARCHITECTURE.md, "The device identity model").
+struct DeviceShape {
+    device_id: String,
+    format: String,
+    uri: String,
+    extras: IssueExtras,
+}
+
+/// The device attestation of a device order: its one authorization's identifier and what its
+/// device-attest-01 challenge recorded. `None` for an order without device identifiers; an
+/// error for a device order whose attestation is missing (fail closed: never issue a device
+/// certificate without the attested key to compare).
+fn device_attestation(
+    s: &AcmeServer,
+    order: &OrderRecord,
+) -> Result<Option<(Identifier, DeviceAttestation)>, Problem> {
+    if !order.identifiers.iter().any(is_device_identifier) {
+        return Ok(None);
+    }
+    let mut all = s.store.order_attestations(order.id)?;
+    match (all.pop(), all.is_empty()) {
+        (Some((ident, Some(att))), true) if is_device_identifier(&ident) => Ok(Some((ident, att))),
+        _ => Err(Problem::new(
+            ProblemType::Unauthorized,
+            "device order without exactly one recorded device attestation",
+        )),
+    }
+}
+
+/// draft-ietf-acme-device-attest §5 / issue 4: the certificate is for the attested key, so
+/// the CSR's public key must equal it; and the CSR may not ask for DNS names or IP addresses
+/// (RFC 8555 §7.4: the CSR names exactly the order's identifiers, here a device, which the
+/// CA writes itself from the validated authorization).
+fn check_device_csr(csr: &Csr, attestation: &DeviceAttestation) -> Result<(), Problem> {
+    // The subject (a CN included) is ignored like every other CSR field but the key: the CA
+    // writes the device certificate's subject and names itself.
+    if !csr.dns_names.is_empty() || !csr.ip_addresses.is_empty() {
+        return Err(Problem::new(
+            ProblemType::BadCsr,
+            "rule csr-names: a device order's CSR must not request DNS names or IP addresses",
+        ));
+    }
+    let same = csr.spki_der == attestation.spki_der
+        || jwk_of_spki_der(&attestation.spki_der).is_some_and(|jwk| jwk == csr.jwk);
+    if !same {
+        return Err(Problem::new(
+            ProblemType::BadCsr,
+            format!(
+                "rule csr-key-attested: the CSR public key is not the key the {} attestation proved to be in hardware",
+                attestation.format
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The names and extensions of a device certificate, from the order identifier (the device
+/// id it names) and its recorded attestation. The CSR key is checked again here because
+/// crash recovery issues from a stored CSR without passing through finalize.
+fn device_shape(
+    s: &AcmeServer,
+    csr: &Csr,
+    (ident, att): (Identifier, DeviceAttestation),
+) -> Result<DeviceShape, Problem> {
+    use portcullis_policy::identity as pid;
+    check_device_csr(csr, &att)?;
+    let internal = |what: &str| {
+        tracing::error!(identifier = %ident.value, "{what}");
+        Problem::new(ProblemType::ServerInternal, what.to_string())
+    };
+    let device_id = device_id_of(&ident).ok_or_else(|| internal("no device id"))?;
+    if device_id != att.device_id {
+        return Err(internal("recorded attestation names another device"));
+    }
+    let (head, oid) = match ident.value.rsplit_once('/') {
+        Some((head, oid)) => (head, Some(oid)),
+        None => (ident.value.as_str(), None),
+    };
+    // RFC 4043 §2 PermanentIdentifier {identifierValue, assigner}; RFC 4108 §5
+    // HardwareModuleName {hwType, hwSerialNum}.
+    let other_name = if ident.kind == HARDWARE_MODULE {
+        oid.and_then(|oid| pid::encode_hardware_module_name_san(oid, head.as_bytes()))
+    } else {
+        pid::encode_permanent_identifier_san(head, oid)
+    }
+    .ok_or_else(|| internal("device identifier cannot be encoded"))?;
+    let uri = pid::spiffe_device_uri(&s.config.trust_domain, &device_id)
+        .ok_or_else(|| internal("device SPIFFE URI cannot be built"))?;
+    Ok(DeviceShape {
+        extras: IssueExtras {
+            other_names: vec![other_name],
+            extensions: vec![(
+                pid::OID_ATTESTATION_FORMAT_ARCS.to_vec(),
+                pid::encode_utf8_extension(&att.format),
+            )],
+        },
+        format: att.format,
+        device_id,
+        uri,
+    })
 }
 
 /// §7.4: "The CSR MUST indicate the exact same set of requested identifiers as the initial
