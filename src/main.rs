@@ -192,6 +192,9 @@ enum CertCommand {
     },
 }
 
+#[global_allocator]
+static GLOBAL: portcullis_gateway::mimalloc::MiMalloc = portcullis_gateway::mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {

@@ -1,9 +1,13 @@
 //! End-to-end: hot reload of the config and the inventory under load, with the real binary
 //! and real curl. A reload must drop no request; a broken file must be refused (and say where
-//! it is broken) while the previous one keeps serving.
+//! it is broken) while the previous one keeps serving. SIGHUP reloads. The connection limits
+//! a reload sets apply: an idle keep-alive connection lives for `idle_timeout` (not
+//! `header_read_timeout`), an incomplete request head for `header_read_timeout`.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -233,4 +237,195 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A route that lets in devices tagged `tag`.
+fn route_for_tag(tag: &str) -> String {
+    format!(
+        r#"[[gateway.routes]]
+name = "app"
+from = "localhost"
+to = "http://{{upstream}}"
+allow = [{{ tag = "{tag}" }}]
+"#
+    )
+}
+
+fn get_status(gw: &Gateway, fx: &Fixture, path: &str) -> u16 {
+    Curl::new(gw, &fx.root, path)
+        .cred(fx.cred("alice"))
+        .run()
+        .status
+}
+
+#[test]
+fn sighup_reloads_a_changed_route_rule() {
+    if !require_program("curl") || !require_program("kill") {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.write_config(&fx.config_text("required", &route_for_tag("eng")));
+    let gw = fx.start();
+    assert_eq!(get_status(&gw, &fx, "/before"), 200, "alice is tagged eng");
+
+    // The rule now wants a tag alice does not have; SIGHUP right after writing it.
+    let log_from = gw.log_text().len();
+    fx.write_config(&fx.config_text("required", &route_for_tag("finance")));
+    let kill = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    gw.wait_log(log_from, "SIGHUP: reloading");
+    // SIGHUP reloads whether or not the file poller saw the change first: after the signal's
+    // line comes a completed reload.
+    let text = gw.log_text();
+    let signal_at = log_from + text[log_from..].find("SIGHUP: reloading").unwrap_or(0);
+    gw.wait_log(signal_at, "config reloaded");
+    assert!(
+        wait_for(Duration::from_secs(10), || get_status(&gw, &fx, "/after")
+            == 403),
+        "the new rule was not applied; log:\n{}",
+        gw.log_text()
+    );
+    let denied = fx.wait_audit("the denial under the new rule", |l| {
+        l["path"] == "/after" && l["decision"] == "deny"
+    });
+    assert_eq!(denied["reason"], "no_rule_matched");
+
+    // And back.
+    let log_from = gw.log_text().len();
+    fx.write_config(&fx.config_text("required", &route_for_tag("eng")));
+    Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("run kill");
+    gw.wait_log(log_from, "SIGHUP: reloading");
+    assert!(
+        wait_for(Duration::from_secs(10), || get_status(&gw, &fx, "/back")
+            == 200),
+        "the restored rule was not applied; log:\n{}",
+        gw.log_text()
+    );
+}
+
+/// `limits` for the config, as a table placed before the routes.
+fn limits_and_route(header_read_timeout: &str, idle_timeout: &str) -> String {
+    format!(
+        "[gateway.limits]\nheader_read_timeout = \"{header_read_timeout}\"\n\
+         idle_timeout = \"{idle_timeout}\"\n\n{}",
+        route_for_tag("eng")
+    )
+}
+
+/// A TLS connection to the gateway presenting alice's certificate; reads time out after 30 s
+/// (a bound for a hung test, not a measurement).
+fn tls_connection(
+    gw: &Gateway,
+    fx: &Fixture,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let config = rustls_client(&fx.root, Some(fx.cred("alice")));
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(config, name).expect("client connection");
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port())).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Sends a GET on `stream` and reads its response (head + Content-Length body); the status.
+fn get_on(stream: &mut impl ReadWrite, path: &str) -> u16 {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send request");
+    stream.flush().expect("flush");
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            other => panic!(
+                "connection ended in the response head ({other:?}): {}",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("body");
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status")
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Reads until the gateway closes the connection; the bytes it sent meanwhile.
+fn read_until_closed(stream: &mut impl Read) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A close without close_notify, or a reset: closed all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return got
+            }
+            Err(e) => panic!("the gateway did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn idle_keep_alive_lasts_idle_timeout_and_a_slow_head_header_read_timeout() {
+    let fx = Fixture::new();
+    // A short header read timeout and a long idle timeout.
+    fx.write_config(&fx.config_text("required", &limits_and_route("1s", "60s")));
+    let gw = fx.start();
+
+    // Idle between two requests for well over the header read timeout (and its check
+    // interval): the keep-alive connection is still there.
+    let mut conn = tls_connection(&gw, &fx);
+    assert_eq!(get_on(&mut conn, "/first"), 200);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        get_on(&mut conn, "/second"),
+        200,
+        "an idle keep-alive connection was closed before idle_timeout"
+    );
+
+    // A request head that never completes is closed (by the header read timeout: the idle
+    // timeout is a minute, past the 30 s read timeout) without a response.
+    let mut slow = tls_connection(&gw, &fx);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: local")
+        .expect("partial head");
+    slow.flush().expect("flush");
+    let answer = read_until_closed(&mut slow);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // Swap the limits by reload: a long header read timeout (past the 30 s read timeout) and
+    // a short idle timeout. A new idle connection is closed by the idle timeout.
+    let reloads = gw.metric(r#"portcullis_config_reloads_total{result="ok"}"#);
+    fx.write_config(&fx.config_text("required", &limits_and_route("45s", "2s")));
+    assert!(
+        wait_for(Duration::from_secs(10), || gw
+            .metric(r#"portcullis_config_reloads_total{result="ok"}"#)
+            > reloads),
+        "the new limits were never loaded"
+    );
+    let mut idle = tls_connection(&gw, &fx);
+    assert_eq!(get_on(&mut idle, "/then-idle"), 200);
+    let answer = read_until_closed(&mut idle);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }

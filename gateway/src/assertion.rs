@@ -126,6 +126,16 @@ struct Cached {
     exp: u64,
 }
 
+/// The assertion the previous request of a connection got (see
+/// [`AssertionSigner::token_for_connection`]).
+pub(crate) struct TokenMemo {
+    keys: Arc<KeySet>,
+    audience: Box<str>,
+    generation: u64,
+    exp: u64,
+    value: HeaderValue,
+}
+
 /// The keys in force with their JWKS and the token cache (new per key set, so a rotation never
 /// serves a token signed with a key that is no longer current).
 struct KeySet {
@@ -240,6 +250,8 @@ impl AssertionSigner {
 
     /// The assertion for this device and audience, from the cache when it has more than half
     /// its lifetime left. `None` when the certificate names no device (no `sub` to assert).
+    /// The shared-cache path alone (the gateway goes through `token_for_connection`).
+    #[cfg(test)]
     pub fn token(
         &self,
         identity: &DeviceIdentity,
@@ -248,11 +260,65 @@ impl AssertionSigner {
         generation: u64,
         now: SystemTime,
     ) -> anyhow::Result<Option<HeaderValue>> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let keys = self.keys.load_full();
+        Ok(self
+            .token_with_exp(&keys, identity, record, audience, generation, now)?
+            .map(|(value, _)| value))
+    }
+
+    /// [`AssertionSigner::token`] for the requests of one connection: the token the previous
+    /// request got is reused while it is for the same key set, audience and snapshot
+    /// generation and has more than half its lifetime left — the same rule as the shared
+    /// cache, without its hash lookup and key allocation.
+    pub fn token_for_connection(
+        &self,
+        memo: &mut Option<TokenMemo>,
+        identity: &DeviceIdentity,
+        record: Option<&DeviceRecord>,
+        audience: &str,
+        generation: u64,
+        now: SystemTime,
+    ) -> anyhow::Result<Option<HeaderValue>> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let keys = self.keys.load();
+        if let Some(m) = memo.as_ref() {
+            if Arc::ptr_eq(&m.keys, &keys)
+                && m.generation == generation
+                && *m.audience == *audience
+                && m.exp.saturating_sub(now) * 2 > self.ttl.as_secs()
+            {
+                return Ok(Some(m.value.clone()));
+            }
+        }
+        let keys = arc_swap::Guard::into_inner(keys);
+        let Some((value, exp)) =
+            self.token_with_exp(&keys, identity, record, audience, generation, now)?
+        else {
+            return Ok(None);
+        };
+        *memo = Some(TokenMemo {
+            keys,
+            audience: audience.into(),
+            generation,
+            exp,
+            value: value.clone(),
+        });
+        Ok(Some(value))
+    }
+
+    fn token_with_exp(
+        &self,
+        keys: &KeySet,
+        identity: &DeviceIdentity,
+        record: Option<&DeviceRecord>,
+        audience: &str,
+        generation: u64,
+        now: u64,
+    ) -> anyhow::Result<Option<(HeaderValue, u64)>> {
         let Some(device_id) = identity.device_id.as_deref() else {
             return Ok(None);
         };
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let keys = self.keys.load();
         let key = CacheKey {
             fingerprint: identity.fingerprint,
             audience: audience.into(),
@@ -260,7 +326,7 @@ impl AssertionSigner {
         };
         if let Some(hit) = keys.cache.get(&key) {
             if hit.exp.saturating_sub(now) * 2 > self.ttl.as_secs() {
-                return Ok(Some(hit.value.clone()));
+                return Ok(Some((hit.value.clone(), hit.exp)));
             }
         }
         let exp = now + self.ttl.as_secs();
@@ -296,7 +362,7 @@ impl AssertionSigner {
                 exp,
             }),
         );
-        Ok(Some(value))
+        Ok(Some((value, exp)))
     }
 }
 
@@ -507,6 +573,37 @@ mod tests {
             .token(&no_id, None, "a", 1, t0)
             .expect("ok")
             .is_none());
+    }
+
+    #[test]
+    fn a_connection_reuses_its_token_by_the_same_rules_as_the_cache() {
+        let signer = AssertionSigner::new(&config(None)).expect("signer");
+        let id = identity();
+        let t0 = SystemTime::now();
+        let mut memo = None;
+        let mut sign = |aud: &str, gen: u64, at: SystemTime| {
+            signer
+                .token_for_connection(&mut memo, &id, Some(&record()), aud, gen, at)
+                .expect("sign")
+                .expect("token")
+        };
+        let a = sign("a.example", 1, t0);
+        assert_eq!(a, sign("a.example", 1, t0 + Duration::from_secs(30)));
+        assert_ne!(a, sign("a.example", 2, t0), "per snapshot generation");
+        let b = sign("b.example", 2, t0);
+        assert_ne!(a, b, "per audience");
+        assert_ne!(
+            b,
+            sign("b.example", 2, t0 + Duration::from_secs(61)),
+            "re-signed once less than half the ttl remains"
+        );
+        let before = sign("c.example", 1, t0);
+        signer.rotate().expect("rotate");
+        let after = sign("c.example", 1, t0);
+        assert_ne!(
+            before, after,
+            "after a rotation the old key's token is not reused"
+        );
     }
 
     #[test]

@@ -9,8 +9,6 @@
 //! from the inventory (status, tags, owner, platform) follow the snapshot and are built per
 //! request.
 
-use std::net::IpAddr;
-
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use portcullis_policy::{DeviceIdentity, DeviceRecord};
@@ -68,17 +66,15 @@ pub(crate) fn strip_inbound(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For` (the client address: the gateway is the edge, so it replaces rather
+/// Sets `X-Forwarded-For` (`client_ip`, the client address: the gateway is the edge, so it replaces rather
 /// than appends), `X-Forwarded-Proto: https` and `X-Forwarded-Host` (the host the client asked
 /// for). Call after [`strip_inbound`].
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
 ) {
-    if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, client_ip.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -216,13 +212,41 @@ pub(crate) fn sanitized(text: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Adds the route's identity headers. `record` is the device's inventory record, if any;
-/// `assertion` the signed JWT when the route asks for one.
+/// Header values from the device's inventory record (status, tags, owner, platform). They
+/// follow the status snapshot, so a connection builds them once per snapshot generation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecordHeaders {
+    status: Option<HeaderValue>,
+    tags: Option<HeaderValue>,
+    owner: Option<HeaderValue>,
+    platform: Option<HeaderValue>,
+}
+
+impl RecordHeaders {
+    /// `record` is the device's inventory record, if it has one.
+    pub fn build(record: Option<&DeviceRecord>) -> Self {
+        let Some(record) = record else {
+            return Self::default();
+        };
+        Self {
+            status: Some(HeaderValue::from_static(record.status.as_str())),
+            tags: (!record.tags.is_empty()).then(|| {
+                let tags: Vec<&str> = record.tags.iter().map(String::as_str).collect();
+                sanitized(&tags.join(","))
+            }),
+            owner: record.owner.as_deref().map(sanitized),
+            platform: record.platform.as_deref().map(sanitized),
+        }
+    }
+}
+
+/// Adds the route's identity headers. `record` holds the values from the device's inventory
+/// record; `assertion` the signed JWT when the route asks for one.
 pub(crate) fn inject(
     headers: &mut HeaderMap,
     choices: HeaderChoices,
     cert: &CertHeaders,
-    record: Option<&DeviceRecord>,
+    record: &RecordHeaders,
     assertion: Option<HeaderValue>,
 ) {
     if choices.plain {
@@ -231,25 +255,18 @@ pub(crate) fn inject(
         }
         headers.insert(DEVICE_SERIAL, cert.serial.clone());
         headers.insert(DEVICE_FINGERPRINT, cert.fingerprint.clone());
-        if let Some(record) = record {
-            headers.insert(
-                DEVICE_STATUS,
-                HeaderValue::from_static(record.status.as_str()),
-            );
-            if !record.tags.is_empty() {
-                let tags: Vec<&str> = record.tags.iter().map(String::as_str).collect();
-                headers.insert(DEVICE_TAGS, sanitized(&tags.join(",")));
-            }
-            if let Some(owner) = &record.owner {
-                headers.insert(DEVICE_OWNER, sanitized(owner));
-            }
+        if let Some(status) = &record.status {
+            headers.insert(DEVICE_STATUS, status.clone());
         }
-        let platform = record
-            .and_then(|r| r.platform.as_deref())
-            .map(sanitized)
-            .or_else(|| cert.cert_platform.clone());
-        if let Some(platform) = platform {
-            headers.insert(DEVICE_PLATFORM, platform);
+        if let Some(tags) = &record.tags {
+            headers.insert(DEVICE_TAGS, tags.clone());
+        }
+        if let Some(owner) = &record.owner {
+            headers.insert(DEVICE_OWNER, owner.clone());
+        }
+        // The inventory's platform wins over the one the certificate records.
+        if let Some(platform) = record.platform.as_ref().or(cert.cert_platform.as_ref()) {
+            headers.insert(DEVICE_PLATFORM, platform.clone());
         }
     }
     if choices.xfcc {
@@ -336,7 +353,7 @@ pub(crate) mod tests {
         strip_inbound(&mut h);
         set_forwarded(
             &mut h,
-            IpAddr::from([192, 0, 2, 7]),
+            &HeaderValue::from_static("192.0.2.7"),
             Some(&HeaderValue::from_static("app.example.com:8443")),
         );
         let cert = CertHeaders::build(&identity(), &[CertificateDer::from(vec![1u8, 2, 3])]);
@@ -350,7 +367,7 @@ pub(crate) mod tests {
             &mut h,
             all,
             &cert,
-            None,
+            &RecordHeaders::build(None),
             Some(HeaderValue::from_static("jwt")),
         );
         let all_values = |name: &str| -> Vec<String> {
@@ -393,7 +410,13 @@ pub(crate) mod tests {
             plain: true,
             ..Default::default()
         };
-        inject(&mut h, plain, &cert, Some(&record), None);
+        inject(
+            &mut h,
+            plain,
+            &cert,
+            &RecordHeaders::build(Some(&record)),
+            None,
+        );
         assert_eq!(h["x-portcullis-status"], "active");
         assert_eq!(h["x-portcullis-tags"], "admin,eng");
         assert_eq!(h["x-portcullis-owner"], "alice@example.com");

@@ -39,8 +39,7 @@
 //! 4. A status change cuts every open connection and tunnel of a device that lost trust
 //!    (`registry.rs`).
 //!
-//! [`Gateway::new`] and [`Gateway::reload`] must be called inside a Tokio runtime (they build
-//! pooled HTTP clients).
+//! [`Gateway::new`] and [`Gateway::reload`] must be called inside a Tokio runtime.
 
 pub mod admin;
 mod assertion;
@@ -48,6 +47,7 @@ mod audit;
 mod body;
 mod identity_headers;
 mod listener;
+mod memo;
 mod metrics;
 mod proxy;
 mod registry;
@@ -55,6 +55,7 @@ mod response;
 mod routes;
 mod tls;
 mod upstream;
+mod upstream_conn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ use portcullis_policy::StatusStore;
 use tokio_util::task::TaskTracker;
 
 pub use assertion::JWKS_PATH;
+/// The allocator the `portcullis` binary installs as its global allocator: the proxy
+/// allocates and frees on every request, and glibc's malloc showed in the profile.
+pub use mimalloc;
 /// Re-exported so that callers use the same version as the gateway.
 pub use prometheus;
 pub use tokio_util::sync::CancellationToken;
@@ -80,11 +84,13 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routes::RouteTable;
 use crate::tls::{TlsShared, TrustState};
-use crate::upstream::UpstreamClient;
+use crate::upstream::UpstreamTls;
 
 /// Everything a reload replaces, swapped whole: a request keeps the `Arc<State>` it started
 /// with, so it finishes on the config it began under.
 pub(crate) struct State {
+    /// Distinguishes route tables (per-connection decision memos key on it).
+    pub epoch: u64,
     pub routes: RouteTable,
     pub limits: Limits,
     pub assertion: Arc<AssertionSigner>,
@@ -109,12 +115,18 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> String {
-        format!(
-            "{:08x}{:016x}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
+    /// 24 lowercase hex digits, formatted without `fmt`.
+    pub fn next(&self) -> http::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 24];
+        for (i, digit) in id[..8].iter_mut().enumerate() {
+            *digit = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, digit) in id[8..].iter_mut().enumerate() {
+            *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        http::HeaderValue::from_bytes(&id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
     }
 }
 
@@ -126,7 +138,9 @@ pub(crate) struct Shared {
     pub status: Arc<StatusStore>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    pub default_client: UpstreamClient,
+    /// TLS settings for `https://` upstreams without their own CA (the system roots, loaded
+    /// once).
+    pub default_tls: UpstreamTls,
     pub listening: AtomicBool,
     pub request_ids: RequestIds,
     /// Connections and tunnels, for the drain on shutdown.
@@ -156,9 +170,10 @@ fn build_state(
     trust: &Arc<ArcSwap<TrustState>>,
     new_trust: &TrustState,
     metrics: &Arc<Metrics>,
-    default_client: &UpstreamClient,
+    default_tls: &UpstreamTls,
 ) -> anyhow::Result<State> {
-    let routes = RouteTable::build(&gw.routes, default_client)?;
+    static EPOCH: AtomicU64 = AtomicU64::new(0);
+    let routes = RouteTable::build(&gw.routes, default_tls, metrics)?;
     let assertion = match previous {
         Some(p) if p.assertion.same_config(&gw.assertion) => p.assertion.clone(),
         _ => Arc::new(AssertionSigner::new(&gw.assertion).context("gateway.assertion")?),
@@ -170,6 +185,7 @@ fn build_state(
     let mandatory = gw.client_auth == ClientAuth::Required;
     let tls = tls_shared.server_config(trust, new_trust, mandatory, metrics, &audit)?;
     Ok(State {
+        epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
         routes,
         limits: gw.limits.clone(),
         assertion,
@@ -198,7 +214,7 @@ impl Gateway {
         }
         let key = tls::load_certified_key(&gw.cert, &gw.key)?;
         let tls_shared = TlsShared::new(key)?;
-        let default_client = upstream::default_client()?;
+        let default_tls = upstream::default_tls()?;
         let state = build_state(
             cfg,
             gw,
@@ -207,7 +223,7 @@ impl Gateway {
             &trust,
             &current_trust,
             &metrics,
-            &default_client,
+            &default_tls,
         )?;
         let listener = std::net::TcpListener::bind(gw.listen)
             .with_context(|| format!("gateway.listen: cannot bind {}", gw.listen))?;
@@ -224,7 +240,7 @@ impl Gateway {
                 status,
                 registry: Arc::new(Registry::default()),
                 metrics,
-                default_client,
+                default_tls,
                 listening: AtomicBool::new(false),
                 request_ids: RequestIds::new(),
                 tasks: TaskTracker::new(),
@@ -245,7 +261,8 @@ impl Gateway {
             return Err(anyhow!("trust.roots: no trust anchors"));
         }
         tls::load_certified_key(&gw.cert, &gw.key)?;
-        RouteTable::build(&gw.routes, &upstream::default_client()?)?;
+        let metrics = Metrics::new(&prometheus::Registry::new())?;
+        RouteTable::build(&gw.routes, &upstream::default_tls()?, &metrics)?;
         Ok(())
     }
 
@@ -272,7 +289,7 @@ impl Gateway {
             &shared.trust,
             &new_trust,
             &shared.metrics,
-            &shared.default_client,
+            &shared.default_tls,
         )?;
         if gw.listen != old.listen {
             tracing::warn!(

@@ -3,9 +3,13 @@
 //! timeout, cut on status change, graceful drain on shutdown.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use http::HeaderValue;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,14 +18,17 @@ use portcullis_config::Limits;
 use portcullis_policy::{DeviceIdentity, VerifyError};
 use rustls::HandshakeKind;
 use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity_headers::CertHeaders;
+use crate::memo::Memo;
 use crate::registry::Registration;
 use crate::tls::{handshake_failure_reason, HANDSHAKE_PEER};
+use crate::upstream_conn::IdleUpstreams;
 use crate::Shared;
 
 /// How long in-flight requests get to finish after shutdown starts.
@@ -33,9 +40,11 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Slowloris: the whole request head must arrive within this time. hyper arms it as
-        // soon as it waits for a head, so it also bounds an idle keep-alive connection.
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's own header read timeout starts as soon as it waits for a head, so it would
+        // also close an idle keep-alive connection after `header_read_timeout`. The connection
+        // loop below enforces both limits instead: `header_read_timeout` from the first byte
+        // of a request head, `idle_timeout` while no request is in flight.
+        .header_read_timeout(None)
         // hyper refuses a head larger than its read buffer (431); its minimum is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -49,11 +58,16 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Requests in flight on a connection and when that count last changed, for the idle timeout
-/// ("no request in flight for this long").
+/// ("no request in flight for this long"); and whether a request head has started to arrive,
+/// for the header read timeout (slowloris).
 pub(crate) struct Activity {
     origin: Instant,
     in_flight: AtomicUsize,
     last_change_ms: AtomicU64,
+    /// Milliseconds since `origin` (+1, 0 = none) at which bytes of a request head that has
+    /// not been handed to the service yet began to arrive. HTTP/1 only.
+    head_started_ms: AtomicU64,
+    watch_heads: bool,
 }
 
 /// Held while a request (including its response body) is in flight.
@@ -68,17 +82,47 @@ impl Drop for InFlight {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(watch_heads: bool) -> Self {
         Self {
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            watch_heads,
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_change_ms.store(ms, Ordering::Release);
+        self.last_change_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// The client sent bytes. With no request in flight they are the start of the next
+    /// request head.
+    fn on_read(&self) {
+        if self.watch_heads
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a request head has been arriving without being complete; `None` when none is.
+    fn head_pending_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(Duration::from_millis(
+                self.now_ms().saturating_sub(started - 1),
+            )),
+        }
     }
 
     /// How long the connection has had no request in flight; `None` while one is.
@@ -88,6 +132,58 @@ impl Activity {
         }
         let last = Duration::from_millis(self.last_change_ms.load(Ordering::Acquire));
         Some(self.origin.elapsed().saturating_sub(last))
+    }
+}
+
+/// The client side of a connection, telling [`Activity`] when bytes arrive.
+struct Watched<T> {
+    inner: T,
+    conn: Arc<ConnState>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.activity.on_read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -102,6 +198,12 @@ pub(crate) struct ConnState {
     pub fingerprint_hex: Option<String>,
     /// Header values derived from the certificate, built once here.
     pub cert_headers: Option<CertHeaders>,
+    /// `X-Forwarded-For`: the client address, formatted once.
+    pub forwarded_for: HeaderValue,
+    /// What this connection's requests can reuse from the previous one.
+    pub memo: Mutex<Memo>,
+    /// This connection's idle upstream connections.
+    pub upstreams: Arc<IdleUpstreams>,
     /// Cancelled by the registry when the device stops being trusted.
     pub cut: CancellationToken,
     /// Shutdown has started (tunnels end; requests drain).
@@ -114,6 +216,8 @@ pub(crate) struct ConnState {
 impl ConnState {
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The head is complete: the next bytes start the next one.
+        self.activity.head_started_ms.store(0, Ordering::Relaxed);
         self.activity.touch();
         InFlight(self.clone())
     }
@@ -224,6 +328,7 @@ async fn connection(
 
     let (_, session) = tls.get_ref();
     let sni = session.server_name().map(str::to_ascii_lowercase);
+    let is_h2 = session.alpn_protocol() == Some(b"h2");
     let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
     let (identity, cert_headers) = match session.peer_certificates() {
         Some(chain @ [leaf, intermediates @ ..]) => {
@@ -251,6 +356,8 @@ async fn connection(
         _ => (None, None),
     };
 
+    // A child of the hard stop, so that the connection loop (woken several times per request)
+    // polls one token for both.
     let cut = CancellationToken::new();
     let fingerprint_hex = identity.as_ref().map(DeviceIdentity::fingerprint_hex);
     let registration = match (&identity, &fingerprint_hex) {
@@ -273,9 +380,15 @@ async fn connection(
         identity,
         fingerprint_hex,
         cert_headers,
+        forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        memo: Mutex::new(Memo::default()),
+        upstreams: Arc::new(IdleUpstreams::default()),
         cut: cut.clone(),
         shutdown: shutdown.clone(),
-        activity: Activity::new(),
+        // HTTP/2 sends frames (PING, SETTINGS, WINDOW_UPDATE) between requests; its streams
+        // are bounded by hyper's HTTP/2 settings instead.
+        activity: Activity::new(!is_h2),
         _registration: registration,
         _open: OpenGuard::new(&shared.metrics.connections_open),
     });
@@ -285,15 +398,23 @@ async fn connection(
         let conn = conn.clone();
         service_fn(move |req| crate::proxy::handle(shared.clone(), conn.clone(), req))
     };
+    let io = Watched {
+        inner: tls,
+        conn: conn.clone(),
+    };
     let serving = state
         .http
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(serving);
 
     let idle_timeout = state.limits.idle_timeout;
+    let header_read_timeout = state.limits.header_read_timeout;
+    // A head that started to arrive is noticed at the next check: checking four times per
+    // `header_read_timeout` closes a slow head within 1.25 × the limit.
+    let head_check = (header_read_timeout / 4).max(Duration::from_millis(10));
     drop(state);
-    let idle_check = tokio::time::sleep(idle_timeout);
+    let idle_check = tokio::time::sleep(head_check.min(idle_timeout));
     tokio::pin!(idle_check);
     let mut draining = false;
     let mut closing_idle = false;
@@ -317,7 +438,15 @@ async fn connection(
                 draining = true;
             }
             _ = &mut idle_check => {
-                match conn.activity.idle_for() {
+                if conn
+                    .activity
+                    .head_pending_for()
+                    .is_some_and(|pending| pending >= header_read_timeout)
+                {
+                    tracing::debug!(%peer, "request head not complete in time; closing");
+                    break;
+                }
+                let next = match conn.activity.idle_for() {
                     Some(_) if closing_idle => break,
                     Some(idle) if idle >= idle_timeout => {
                         tracing::debug!(%peer, "closing idle connection");
@@ -327,11 +456,12 @@ async fn connection(
                         }
                         closing_idle = true;
                         // Give the client a moment to see the close, then drop.
-                        idle_check.as_mut().reset(Instant::now() + Duration::from_secs(5));
+                        Duration::from_secs(5)
                     }
-                    Some(idle) => idle_check.as_mut().reset(Instant::now() + (idle_timeout - idle)),
-                    None => idle_check.as_mut().reset(Instant::now() + idle_timeout),
-                }
+                    Some(idle) => idle_timeout - idle,
+                    None => idle_timeout,
+                };
+                idle_check.as_mut().reset(Instant::now() + next.min(head_check));
             }
         }
     }

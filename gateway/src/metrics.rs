@@ -1,8 +1,12 @@
 //! Prometheus metrics of the gateway. Registered once on the registry the caller passes to
 //! `Gateway::new`; the admin listener renders that registry.
 
+use std::sync::OnceLock;
+
+use http::StatusCode;
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 pub(crate) struct Metrics {
@@ -94,6 +98,17 @@ impl Metrics {
         })
     }
 
+    /// The per-route series, resolved once per route table rather than per request (a label
+    /// lookup hashes the label values and takes a lock).
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: self.requests.clone(),
+            route: route.into(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.request_duration.with_label_values(&[route]),
+        }
+    }
+
     pub fn handshake_failed(&self, reason: &str) {
         self.handshake_failures.with_label_values(&[reason]).inc();
     }
@@ -107,6 +122,30 @@ impl Metrics {
                 .duration_since(produced)
                 .unwrap_or_default();
             self.status_age.set(age.as_secs_f64());
+        }
+    }
+}
+
+/// `portcullis_requests_total` and `portcullis_request_duration_seconds` of one route.
+pub(crate) struct RouteMetrics {
+    requests: IntCounterVec,
+    route: Box<str>,
+    /// `requests{route, code}`, by status code − 100, resolved on first use.
+    by_status: Box<[OnceLock<IntCounter>]>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one response with `status`.
+    pub fn count(&self, status: StatusCode) {
+        let resolve = || {
+            self.requests
+                .with_label_values(&[&*self.route, status.as_str()])
+        };
+        // `StatusCode` goes up to 999; codes past 599 are not worth a slot.
+        match self.by_status.get(usize::from(status.as_u16() - 100)) {
+            Some(slot) => slot.get_or_init(resolve).inc(),
+            None => resolve().inc(),
         }
     }
 }

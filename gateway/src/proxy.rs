@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -14,15 +14,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use portcullis_policy::{Decision, RequestFacts, VerifyError};
+use portcullis_policy::{Decision, RequestFacts, StatusSnapshot, VerifyError};
 
 use crate::assertion::JWKS_PATH;
 use crate::audit::{now_rfc3339, AuditRecord};
-use crate::body::{full, BoxError, Guarded, RequestBody, ResponseBody};
-use crate::identity_headers;
+use crate::body::{full, Guarded, RequestBody, ResponseBody};
+use crate::identity_headers::{self, RecordHeaders};
 use crate::listener::ConnState;
+use crate::memo::DecisionMemo;
 use crate::response::{self, denied, generated, ProxyError, X_REQUEST_ID};
 use crate::routes::Route;
+use crate::upstream::UpstreamError;
+use crate::upstream_conn;
 use crate::{Shared, State};
 
 /// hyper's service entry point.
@@ -47,13 +50,17 @@ struct Ctx<'a> {
     shared: &'a Shared,
     state: &'a State,
     conn: &'a ConnState,
-    request_id: String,
+    request_id: HeaderValue,
     started: Instant,
     method: &'a str,
     path: &'a str,
 }
 
 impl Ctx<'_> {
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -65,19 +72,27 @@ impl Ctx<'_> {
         upstream_status: Option<u16>,
     ) {
         let elapsed = self.started.elapsed();
-        let route_name = route.map(|r| &*r.name).unwrap_or("-");
-        let m = &self.shared.metrics;
-        m.requests
-            .with_label_values(&[route_name, status.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route_name])
-            .observe(elapsed.as_secs_f64());
+        match route {
+            Some(route) => {
+                route.metrics.count(status);
+                route.metrics.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                let m = &self.shared.metrics;
+                m.requests.with_label_values(&["-", status.as_str()]).inc();
+                m.request_duration
+                    .with_label_values(&["-"])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
+        if !self.state.audit.enabled() {
+            return;
+        }
         let identity = self.conn.identity.as_ref();
         self.state.audit.write(&AuditRecord {
             time: now_rfc3339(),
             event: "request",
-            request_id: Some(&self.request_id),
+            request_id: Some(self.request_id()),
             device_id: identity.and_then(|i| i.device_id.as_deref()),
             fingerprint: self.conn.fingerprint_hex.as_deref(),
             route: route.map(|r| &*r.name),
@@ -104,7 +119,7 @@ impl Ctx<'_> {
         detail: &str,
     ) -> Response<ResponseBody> {
         self.finish(Some(route), "allow", code, detail, status, None);
-        generated(status, error, code, first_line, &self.request_id)
+        generated(status, error, code, first_line, self.request_id())
     }
 
     /// A gateway-generated refusal that is not a policy decision (bad request, no route, …).
@@ -118,7 +133,75 @@ impl Ctx<'_> {
         detail: &str,
     ) -> Response<ResponseBody> {
         self.finish(route, "deny", code, detail, status, None);
-        generated(status, error, code, first_line, &self.request_id)
+        generated(status, error, code, first_line, self.request_id())
+    }
+}
+
+/// The access decision for this request, and its `portcullis_decisions_total` counted.
+/// Rules that do not read the request give the same decision for every request of a
+/// connection until the route table or the status snapshot changes: that one is kept on the
+/// connection (`memo.rs`).
+fn decide(
+    shared: &Shared,
+    state: &State,
+    conn: &ConnState,
+    route: &Route,
+    snapshot: &StatusSnapshot,
+    facts: &RequestFacts<'_>,
+) -> Decision {
+    let memoizable = conn.identity.is_some() && !route.policy.is_request_dependent();
+    if memoizable {
+        let memo = conn.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = memo.decision.as_ref() {
+            if m.matches(state.epoch, route.index, snapshot.generation) {
+                m.counter.inc();
+                return m.decision.clone();
+            }
+        }
+    }
+    // The route table's shared cache serves the first request of a connection.
+    let decision = state.routes.cache.decide(
+        route.index,
+        &route.policy,
+        snapshot,
+        conn.identity.as_ref(),
+        facts,
+    );
+    let counter = shared.metrics.decisions.with_label_values(&[
+        if decision.allow { "allow" } else { "deny" },
+        decision.reason.code,
+    ]);
+    counter.inc();
+    if memoizable {
+        conn.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decision = Some(DecisionMemo {
+            table: state.epoch,
+            route: route.index,
+            generation: snapshot.generation,
+            decision: decision.clone(),
+            counter,
+        });
+    }
+    decision
+}
+
+/// The inventory header values of this connection's device under `snapshot`.
+fn record_headers(conn: &ConnState, snapshot: &StatusSnapshot) -> RecordHeaders {
+    let mut memo = conn.memo.lock().unwrap_or_else(PoisonError::into_inner);
+    match &memo.record {
+        Some((generation, headers)) if *generation == snapshot.generation => headers.clone(),
+        _ => {
+            let record = conn
+                .identity
+                .as_ref()
+                .and_then(|i| i.device_id.as_deref())
+                .and_then(|id| snapshot.device(id));
+            let headers = RecordHeaders::build(record);
+            memo.record = Some((snapshot.generation, headers.clone()));
+            headers
+        }
     }
 }
 
@@ -136,7 +219,7 @@ async fn process(
         return jwks_response(&parts.method, state.assertion.jwks());
     }
 
-    let path = parts.uri.path().to_string();
+    let path = parts.uri.path();
     let ctx = Ctx {
         shared,
         state: &state,
@@ -144,7 +227,7 @@ async fn process(
         request_id: shared.request_ids.next(),
         started,
         method: parts.method.as_str(),
-        path: &path,
+        path,
     };
 
     if parts.method == Method::CONNECT {
@@ -167,7 +250,7 @@ async fn process(
             "request carries no Host / :authority",
         );
     };
-    if let Err(why) = check_path(&path) {
+    if let Err(why) = check_path(path) {
         return ctx.refuse(
             None,
             StatusCode::BAD_REQUEST,
@@ -177,7 +260,7 @@ async fn process(
             why,
         );
     }
-    let Some(route) = state.routes.find(&host, &path) else {
+    let Some(route) = state.routes.find(&host, path) else {
         return ctx.refuse(
             None,
             StatusCode::NOT_FOUND,
@@ -189,7 +272,7 @@ async fn process(
     };
     // RFC 9110 §15.5.20: a request for a host this connection was not set up for.
     if let Some(sni) = conn.sni.as_deref() {
-        if sni != host && state.routes.find(sni, &path).map(|r| r.index) != Some(route.index) {
+        if sni != host && state.routes.find(sni, path).map(|r| r.index) != Some(route.index) {
             return ctx.refuse(
                 Some(route),
                 StatusCode::MISDIRECTED_REQUEST,
@@ -219,7 +302,7 @@ async fn process(
                 response::cert_error_status(),
                 None,
             );
-            return denied(response::cert_error_status(), code, &ctx.request_id);
+            return denied(response::cert_error_status(), code, ctx.request_id());
         }
     }
 
@@ -227,22 +310,10 @@ async fn process(
     let facts = RequestFacts {
         source_ip: conn.peer.ip(),
         method: parts.method.as_str(),
-        path: &path,
+        path,
     };
-    // The cache computes directly when there is no certificate or the rules read the request.
-    let decision: Decision = state.routes.cache.decide(
-        route.index,
-        &route.policy,
-        &snapshot,
-        conn.identity.as_ref(),
-        &facts,
-    );
+    let decision = decide(shared, &state, conn, route, &snapshot, &facts);
     let code = decision.reason.code;
-    shared
-        .metrics
-        .decisions
-        .with_label_values(&[if decision.allow { "allow" } else { "deny" }, code])
-        .inc();
     if !decision.allow {
         let status = if conn.identity.is_none() && code == "no_certificate" {
             response::cert_required_status()
@@ -257,7 +328,7 @@ async fn process(
             status,
             None,
         );
-        return denied(status, code, &ctx.request_id);
+        return denied(status, code, ctx.request_id());
     }
 
     // Allowed: forward.
@@ -279,25 +350,33 @@ async fn process(
         None => None,
     };
     let mut headers = std::mem::take(&mut parts.headers);
+    // Room for what is added below, so that the map grows once at most.
+    headers.reserve(16);
     strip_hop_by_hop(&mut headers, false);
     identity_headers::strip_inbound(&mut headers);
-    identity_headers::set_forwarded(&mut headers, conn.peer.ip(), Some(&host_value));
+    identity_headers::set_forwarded(&mut headers, &conn.forwarded_for, Some(&host_value));
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut headers);
     }
     if let (Some(identity), Some(cert)) = (conn.identity.as_ref(), conn.cert_headers.as_ref()) {
-        let record = identity
-            .device_id
-            .as_deref()
-            .and_then(|id| snapshot.device(id));
         let assertion = if route.headers.assertion {
-            match state.assertion.token(
+            let record = identity
+                .device_id
+                .as_deref()
+                .and_then(|id| snapshot.device(id));
+            let signed = state.assertion.token_for_connection(
+                &mut conn
+                    .memo
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .assertion,
                 identity,
                 record,
                 &host,
                 snapshot.generation,
                 SystemTime::now(),
-            ) {
+            );
+            match signed {
                 Ok(token) => token,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot sign the identity assertion");
@@ -314,7 +393,12 @@ async fn process(
         } else {
             None
         };
-        identity_headers::inject(&mut headers, route.headers, cert, record, assertion);
+        let record = if route.headers.plain {
+            record_headers(conn, &snapshot)
+        } else {
+            RecordHeaders::default()
+        };
+        identity_headers::inject(&mut headers, route.headers, cert, &record, assertion);
     }
     if let Some(proto) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -326,9 +410,7 @@ async fn process(
         route.upstream.host_header.clone()
     };
     headers.insert(header::HOST, host_header);
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert(X_REQUEST_ID, v);
-    }
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     let uri = match route.upstream.uri_for(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(e) => {
@@ -352,11 +434,16 @@ async fn process(
     *outbound.version_mut() = Version::HTTP_11;
     *outbound.headers_mut() = headers;
 
-    let sent = tokio::time::timeout(
-        state.limits.upstream_timeout,
-        route.upstream.client.request(outbound),
-    )
-    .await;
+    // Boxed: the future holds the upstream connection's request state and is large; moved
+    // into the timeout and the request's own future by value it cost more in copies than the
+    // allocation does.
+    let sending = Box::pin(upstream_conn::send(
+        &conn.upstreams,
+        &route.upstream.target,
+        outbound,
+        upgrade.is_some(),
+    ));
+    let sent = tokio::time::timeout(state.limits.upstream_timeout, sending).await;
     let mut upstream_response = match sent {
         Err(_) => {
             return ctx.fail(
@@ -426,9 +513,9 @@ async fn process(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         resp_parts.headers.insert(header::UPGRADE, proto);
     }
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp_parts.headers.insert(X_REQUEST_ID, v);
-    }
+    resp_parts
+        .headers
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
     resp_parts.extensions = http::Extensions::new();
     ctx.finish(
         Some(route),
@@ -438,10 +525,7 @@ async fn process(
         status,
         Some(status.as_u16()),
     );
-    let body = resp_body
-        .map_err(|e| -> BoxError { Box::new(e) })
-        .boxed_unsync();
-    Response::from_parts(resp_parts, body)
+    Response::from_parts(resp_parts, resp_body.boxed_unsync())
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
@@ -518,6 +602,11 @@ pub(crate) fn jwks_http_response(method: &Method, jwks: bytes::Bytes) -> Respons
 /// sent (for `X-Forwarded-Host` and `preserve_host`). The URI authority wins (HTTP/2
 /// `:authority`, absolute-form; RFC 9112 §3.2.2 says to ignore `Host` then).
 pub(crate) fn request_host(parts: &Parts) -> Option<(String, HeaderValue)> {
+    if parts.uri.authority().is_none() {
+        if let Some(found) = parts.headers.get(header::HOST).and_then(plain_host) {
+            return Some(found);
+        }
+    }
     let authority = match parts.uri.authority() {
         Some(a) => a.clone(),
         None => {
@@ -531,6 +620,28 @@ pub(crate) fn request_host(parts: &Parts) -> Option<(String, HeaderValue)> {
     }
     let value = HeaderValue::from_str(authority.as_str()).ok()?;
     Some((host, value))
+}
+
+/// The common `Host` — a lowercase name or IPv4 address, optionally `:port` — without
+/// parsing it as a URI authority or copying the value; `None` for anything else (the full
+/// parse decides).
+fn plain_host(value: &HeaderValue) -> Option<(String, HeaderValue)> {
+    let bytes = value.as_bytes();
+    let (host, port) = match bytes.iter().position(|b| *b == b':') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &b""[..]),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && host.last() != Some(&b'.');
+    let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+    if !host_ok || !port_ok || (port.is_empty() && bytes.len() != host.len()) {
+        return None;
+    }
+    let host = std::str::from_utf8(host).ok()?.to_owned();
+    Some((host, value.clone()))
 }
 
 /// Refuses paths that an upstream could resolve to something the route and rules never saw:
@@ -601,36 +712,32 @@ fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
 /// requests every `Proxy-*` field (credentials meant for this hop). An upgrade puts its own
 /// `Connection: upgrade` / `Upgrade` back afterwards.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, is_response: bool) {
-    let named: Vec<HeaderName> = headers
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    let is_hop = |n: &HeaderName| {
+        *n == header::CONNECTION
+            || *n == header::TE
+            || *n == header::TRANSFER_ENCODING
+            || *n == header::UPGRADE
+            || *n == header::TRAILER
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+            || (n.as_str().starts_with("proxy-") && !(is_response && n == "proxy-status"))
+    };
+    // One pass over the names first: most messages carry none of these, and removing an
+    // absent name still costs a hash and a probe per name.
+    if !headers.keys().any(is_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TRAILER,
-    ] {
-        headers.remove(name);
-    }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n.starts_with("proxy-") && !(is_response && n == "proxy-status")
-        })
-        .cloned()
-        .collect();
-    for name in proxy {
+    doomed.extend(headers.keys().filter(|n| is_hop(n)).cloned());
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -670,10 +777,8 @@ fn each_cause<'a>(
     }
 }
 
-fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> (ProxyError, &'static str) {
+fn classify_upstream_error(e: &UpstreamError) -> (ProxyError, &'static str) {
     let mut tls = None;
-    let mut io_kind = None;
-    let mut dns = false;
     each_cause(e, &mut |cause| {
         if let Some(t) = cause.downcast_ref::<rustls::Error>() {
             tls.get_or_insert(match t {
@@ -683,31 +788,28 @@ fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> (ProxyError
                 _ => (ProxyError::TlsProtocolError, "upstream_tls"),
             });
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            io_kind.get_or_insert(io.kind());
-        }
-        dns |= cause.to_string().contains("dns error");
     });
     if let Some(found) = tls {
         return found;
     }
-    if !e.is_connect() {
-        return (ProxyError::HttpProtocolError, "upstream_error");
-    }
-    if dns {
-        return (ProxyError::DnsError, "upstream_connect_failed");
-    }
-    match io_kind {
-        Some(std::io::ErrorKind::ConnectionRefused) => {
-            (ProxyError::ConnectionRefused, "upstream_connect_failed")
+    match e {
+        UpstreamError::Dns(_) => (ProxyError::DnsError, "upstream_connect_failed"),
+        UpstreamError::Connect(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                (ProxyError::ConnectionRefused, "upstream_connect_failed")
+            }
+            std::io::ErrorKind::TimedOut => {
+                (ProxyError::ConnectionTimeout, "upstream_connect_failed")
+            }
+            _ => (
+                ProxyError::DestinationUnavailable,
+                "upstream_connect_failed",
+            ),
+        },
+        UpstreamError::Tls(_) => (ProxyError::TlsProtocolError, "upstream_tls"),
+        UpstreamError::Handshake(_) | UpstreamError::Http(_) => {
+            (ProxyError::HttpProtocolError, "upstream_error")
         }
-        Some(std::io::ErrorKind::TimedOut) => {
-            (ProxyError::ConnectionTimeout, "upstream_connect_failed")
-        }
-        _ => (
-            ProxyError::DestinationUnavailable,
-            "upstream_connect_failed",
-        ),
     }
 }
 
@@ -743,6 +845,14 @@ mod tests {
         assert_eq!(request_host(&p).expect("host").0, "[::1]");
         let p = parts(Request::get("/x").header("host", "example.com."));
         assert_eq!(request_host(&p).expect("host").0, "example.com");
+        let p = parts(Request::get("/x").header("host", "app.example.com:8443"));
+        let (host, value) = request_host(&p).expect("host");
+        assert_eq!(
+            (host.as_str(), value.to_str().ok()),
+            ("app.example.com", Some("app.example.com:8443"))
+        );
+        let p = parts(Request::get("/x").header("host", "10.0.0.1"));
+        assert_eq!(request_host(&p).expect("host").0, "10.0.0.1");
         assert!(request_host(&parts(Request::get("/x"))).is_none());
         assert!(request_host(&parts(Request::get("/x").header("host", "a b"))).is_none());
     }

@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Scheme, Uri};
 use http::HeaderValue;
 use portcullis_config::RouteConfig;
 use portcullis_policy::{DecisionCache, RoutePolicy};
 
 use crate::identity_headers::HeaderChoices;
-use crate::upstream::{route_client, UpstreamClient};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::upstream::{route_tls, Target, UpstreamTls};
 
 const DECISION_CACHE_CAPACITY: u64 = 100_000;
 
@@ -109,17 +110,15 @@ impl HostIndex {
 }
 
 pub(crate) struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
     /// The path of `to` without its trailing `/` (empty for `/`); prepended to request paths.
     pub base_path: String,
     /// `Host` sent upstream unless the route preserves the client's.
     pub host_header: HeaderValue,
-    pub client: UpstreamClient,
+    pub target: Arc<Target>,
 }
 
 impl Upstream {
-    fn parse(to: &str, client: UpstreamClient) -> anyhow::Result<Self> {
+    fn parse(to: &str, tls: &UpstreamTls) -> anyhow::Result<Self> {
         let uri: Uri = to
             .parse()
             .map_err(|e| anyhow!("`{to}` is not a URL: {e}"))?;
@@ -138,28 +137,26 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| anyhow!("`{to}`: host is not a valid Host header"))?;
+        let target = Target::new(&scheme, &authority, tls).with_context(|| format!("`{to}`"))?;
         Ok(Self {
-            scheme,
-            authority,
             base_path,
             host_header,
-            client,
+            target: Arc::new(target),
         })
     }
 
-    /// The upstream URI for a request's path and query (the route prefix is kept).
+    /// The upstream request target for a request's path and query (the route prefix is
+    /// kept), in origin form (RFC 9112 §3.2.1): the connection already goes to the upstream.
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
-        let pq = if self.base_path.is_empty() {
-            PathAndQuery::try_from(pq)?
-        } else {
-            PathAndQuery::try_from(format!("{}{}", self.base_path, pq))?
+        let pq = match path_and_query {
+            // The common case: the client's path as is, shared rather than copied.
+            Some(pq) if self.base_path.is_empty() => pq.clone(),
+            pq => {
+                let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+                PathAndQuery::try_from(format!("{}{}", self.base_path, pq))?
+            }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        Ok(Uri::from(pq))
     }
 }
 
@@ -170,6 +167,7 @@ pub(crate) struct Route {
     pub upstream: Upstream,
     pub headers: HeaderChoices,
     pub preserve_host: bool,
+    pub metrics: RouteMetrics,
 }
 
 pub(crate) struct RouteTable {
@@ -180,7 +178,11 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Compiles every route. Any error refuses the whole table and names the route.
-    pub fn build(configs: &[RouteConfig], default_client: &UpstreamClient) -> anyhow::Result<Self> {
+    pub fn build(
+        configs: &[RouteConfig],
+        default_tls: &UpstreamTls,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(configs.len());
         let mut index = HostIndex::default();
         for (i, cfg) in configs.iter().enumerate() {
@@ -206,25 +208,26 @@ impl RouteTable {
             })?;
             let policy = RoutePolicy::compile(&cfg.allow, &cfg.deny)
                 .map_err(|e| anyhow!("{}: rules: {e}", ctx()))?;
-            let client = if cfg.upstream_ca.is_some() || cfg.upstream_cert.is_some() {
-                route_client(
+            let tls = if cfg.upstream_ca.is_some() || cfg.upstream_cert.is_some() {
+                route_tls(
                     cfg.upstream_ca.as_deref(),
                     cfg.upstream_cert.as_deref(),
                     cfg.upstream_key.as_deref(),
                 )
                 .with_context(ctx)?
             } else {
-                default_client.clone()
+                default_tls.clone()
             };
             let upstream =
-                Upstream::parse(&cfg.to, client).with_context(|| format!("{}: to", ctx()))?;
+                Upstream::parse(&cfg.to, &tls).with_context(|| format!("{}: to", ctx()))?;
             routes.push(Route {
                 index: i,
-                name,
                 policy,
                 upstream,
                 headers: HeaderChoices::from_config(&cfg.identity_headers),
                 preserve_host: cfg.preserve_host,
+                metrics: metrics.for_route(&name),
+                name,
             });
         }
         Ok(Self {
@@ -330,20 +333,19 @@ mod tests {
             .build()
             .expect("rt");
         let _g = rt.enter();
-        let client = crate::upstream::default_client().expect("client");
-        let up = Upstream::parse("http://127.0.0.1:8080", client.clone()).expect("parse");
+        let tls = crate::upstream::default_tls().expect("tls");
+        let up = Upstream::parse("http://127.0.0.1:8080", &tls).expect("parse");
         let pq = PathAndQuery::from_static("/a/b?x=1");
-        assert_eq!(
-            up.uri_for(Some(&pq)).expect("uri").to_string(),
-            "http://127.0.0.1:8080/a/b?x=1"
-        );
+        assert_eq!(up.uri_for(Some(&pq)).expect("uri").to_string(), "/a/b?x=1");
+        assert_eq!(up.uri_for(None).expect("uri").to_string(), "/");
         assert_eq!(up.host_header, "127.0.0.1:8080");
-        let up = Upstream::parse("https://app.internal/base/", client.clone()).expect("parse");
+        let up = Upstream::parse("https://app.internal/base/", &tls).expect("parse");
         assert_eq!(
             up.uri_for(Some(&pq)).expect("uri").to_string(),
-            "https://app.internal/base/a/b?x=1"
+            "/base/a/b?x=1"
         );
-        assert!(Upstream::parse("htp://x", client.clone()).is_err());
-        assert!(Upstream::parse("http://x/?q=1", client).is_err());
+        assert!(Upstream::parse("https://[::1]:8443/", &tls).is_ok());
+        assert!(Upstream::parse("htp://x", &tls).is_err());
+        assert!(Upstream::parse("http://x/?q=1", &tls).is_err());
     }
 }

@@ -1,51 +1,36 @@
-//! Upstream HTTP clients: pooled keep-alive connections, `http://` and `https://` (rustls with
-//! the ring provider), a per-route CA bundle and an optional client certificate.
+//! Upstream targets: where a route forwards to and how to reach it — `http://`, or `https://`
+//! with rustls (ring provider), the system roots or a per-route CA bundle, and an optional
+//! client certificate.
 //!
 //! Upstreams are spoken to in HTTP/1.1 only (ALPN `http/1.1`): it is what every app server
 //! speaks, it keeps `Upgrade` (WebSocket) a plain hop, and an HTTP/2 client request is rewritten
-//! to HTTP/1.1 on the way (see `proxy.rs`).
+//! to HTTP/1.1 on the way (see `proxy.rs`). The connections themselves belong to the client
+//! connection that uses them (`upstream_conn.rs`).
 
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use anyhow::{anyhow, bail, Context as _};
+use http::uri::{Authority, Scheme};
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-use crate::body::RequestBody;
 use crate::tls::provider;
 
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// The TLS settings of `https://` upstreams: roots, client certificate, ALPN `http/1.1`.
+pub(crate) type UpstreamTls = Arc<ClientConfig>;
 
+/// TCP connect and TLS handshake together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const POOL_IDLE: Duration = Duration::from_secs(90);
-
-fn connector(tls: ClientConfig) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
-}
-
-fn client(tls: ClientConfig) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector(tls))
-}
 
 fn tls_builder() -> anyhow::Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
     ClientConfig::builder_with_provider(provider())
@@ -53,18 +38,24 @@ fn tls_builder() -> anyhow::Result<rustls::ConfigBuilder<ClientConfig, rustls::W
         .context("TLS protocol versions")
 }
 
-/// The client for `https://` upstreams without their own CA: the system roots.
-pub(crate) fn default_client() -> anyhow::Result<UpstreamClient> {
+fn finish(mut tls: ClientConfig) -> UpstreamTls {
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(tls)
+}
+
+/// The settings for `https://` upstreams without their own CA: the system roots.
+pub(crate) fn default_tls() -> anyhow::Result<UpstreamTls> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs_load();
     let (added, _ignored) = roots.add_parsable_certificates(native);
     if added == 0 {
         tracing::debug!("no system CA certificates found; https upstreams need `upstream_ca`");
     }
-    let tls = tls_builder()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(client(tls))
+    Ok(finish(
+        tls_builder()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// The system's CA certificates (unreadable ones are skipped and logged at debug).
@@ -76,12 +67,12 @@ fn rustls_native_certs_load() -> Vec<CertificateDer<'static>> {
     result.certs
 }
 
-/// A client for a route with its own upstream CA and/or client certificate.
-pub(crate) fn route_client(
+/// The settings for a route with its own upstream CA and/or client certificate.
+pub(crate) fn route_tls(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
-) -> anyhow::Result<UpstreamClient> {
+) -> anyhow::Result<UpstreamTls> {
     let roots = match ca {
         Some(path) => {
             let pem = std::fs::read(path)
@@ -114,7 +105,7 @@ pub(crate) fn route_client(
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(anyhow!("upstream_cert and upstream_key go together")),
     };
-    Ok(client(tls))
+    Ok(finish(tls))
 }
 
 #[derive(Debug)]
@@ -131,5 +122,168 @@ impl rustls::client::ResolvesClientCert for FixedClientCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Why an upstream request failed, by phase (the phase decides the Proxy-Status error type).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("dns error: cannot resolve the upstream host")]
+    Dns(#[source] io::Error),
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] io::Error),
+    #[error("upstream TLS handshake failed")]
+    Tls(#[source] io::Error),
+    #[error("upstream HTTP/1.1 handshake failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("upstream request failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// One upstream endpoint: a route's `to` with the TLS settings it is reached with. Shared by
+/// the upstream connections opened to it; a reload builds new targets, so connections opened
+/// under the old config are never reused for the new one.
+pub(crate) struct Target {
+    /// As in the URL (brackets around an IPv6 literal), for DNS.
+    host: String,
+    ip: Option<IpAddr>,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    pub fn new(scheme: &Scheme, authority: &Authority, tls: &UpstreamTls) -> anyhow::Result<Self> {
+        let https = *scheme == Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = authority.host();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = bare.parse::<IpAddr>().ok();
+        let tls = if https {
+            let name = ServerName::try_from(bare.to_string())
+                .map_err(|_| anyhow!("`{host}` is not a TLS server name"))?;
+            Some((TlsConnector::from(tls.clone()), name))
+        } else {
+            None
+        };
+        if host.is_empty() {
+            bail!("no host");
+        }
+        Ok(Self {
+            host: bare.to_string(),
+            ip,
+            port,
+            tls,
+        })
+    }
+
+    /// TCP (+ TLS) to the upstream, within [`CONNECT_TIMEOUT`].
+    pub async fn open(&self) -> Result<UpstreamIo, UpstreamError> {
+        let opening = async {
+            let tcp = self.tcp().await?;
+            match &self.tls {
+                None => Ok(UpstreamIo::Plain(tcp)),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map(|tls| UpstreamIo::Tls(Box::new(tls)))
+                    .map_err(UpstreamError::Tls),
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, opening).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {CONNECT_TIMEOUT:?}"),
+            ))),
+        }
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let addrs: Vec<SocketAddr> = match self.ip {
+            Some(ip) => vec![SocketAddr::new(ip, self.port)],
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(UpstreamError::Dns)?
+                .collect(),
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+        if addrs.is_empty() {
+            return Err(UpstreamError::Dns(last));
+        }
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(UpstreamError::Connect(last))
+    }
+}
+
+/// A connection to an upstream, plain or TLS.
+pub(crate) enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    // hyper writes head and body with one `writev` when the stream supports it.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
