@@ -166,6 +166,21 @@ enum CaCommand {
         #[arg(long, value_name = "TYPE")]
         key_type: Option<portcullis_config::CaKeyType>,
     },
+    /// Sign an authority revocation list (an empty CRL of the root: the intermediate is not
+    /// revoked) with the root key. Relying parties that check every CA of the chain need it
+    /// beside the intermediate's CRL — nginx `ssl_crl` does: give it both in one PEM file.
+    /// The running CA never loads the root key; this command needs read access to it.
+    Arl {
+        /// The config whose [ca] section names the CA's data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where to write the ARL (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Days until nextUpdate: sign a new one before then.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +382,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!(
                 "trust bundle:  {}  (hand this to enforcement points and ACME clients)",
                 paths.bundle.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command: CaCommand::Arl { config, out, days },
+        } => {
+            let config = portcullis_config::load_file(&config).map_err(|e| anyhow!("{e}"))?;
+            let ca = config
+                .ca
+                .ok_or_else(|| anyhow!("the config has no [ca] section"))?;
+            let paths = portcullis_ca::service::Ca::paths(&ca.data_dir);
+            let now = std::time::SystemTime::now();
+            // The CRL number only has to grow: seconds since the epoch do, across runs.
+            let number = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let der = portcullis_ca::revocation::crl::root_arl(
+                &paths,
+                number,
+                now,
+                std::time::Duration::from_secs(days.max(1) * 24 * 3600),
+            )?;
+            std::fs::write(&out, portcullis_ca::pki::pem::encode("X509 CRL", &der))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "wrote {} (next update in {} days)",
+                out.display(),
+                days.max(1)
             );
             Ok(ExitCode::SUCCESS)
         }

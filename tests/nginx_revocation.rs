@@ -190,7 +190,7 @@ impl Lab {
     /// converted to PEM; followed by an (empty) CRL of the root. nginx sets
     /// X509_V_FLAG_CRL_CHECK_ALL with `ssl_crl`, so every CA of the chain needs one; the
     /// root's key is an offline asset the CA service does not hold, so that ARL is signed
-    /// here with `revocation::crl::root_arl`, as an operator would with the root key.
+    /// with `portcullis ca arl`, as an operator would with the root key.
     fn install_crl(&self, path: &Path) {
         let der = self.dir.path().join("fetched.crl");
         let c = Command::new("curl")
@@ -215,15 +215,27 @@ impl Lab {
         std::fs::write(path, pem).unwrap();
     }
 
+    /// The root's ARL, signed by `portcullis ca arl` as an operator would.
     fn root_crl(&self) -> String {
-        let der = portcullis_ca::revocation::crl::root_arl(
-            &self.ca.paths,
-            1,
-            std::time::SystemTime::now() - Duration::from_secs(60),
-            Duration::from_secs(30 * 24 * 3600),
+        let config = self.dir.path().join("arl.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[ca]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n",
+                self.dir.path().join("ca").display()
+            ),
         )
         .unwrap();
-        portcullis_ca::pki::pem::encode("X509 CRL", &der)
+        let out = self.dir.path().join("root-arl.pem");
+        let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["ca", "arl", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out).unwrap()
     }
 
     /// `(http status, body)` of a GET with the device certificate; status 0 when the TLS
