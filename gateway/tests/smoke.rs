@@ -407,6 +407,23 @@ async fn audit_lines(path: &Path, at_least: usize) -> Vec<serde_json::Value> {
     panic!("audit log has fewer than {at_least} lines");
 }
 
+/// Waits (up to 2 s) for an audit line that satisfies `pred`; panics with the log otherwise.
+async fn audit_line_where(path: &Path, pred: impl Fn(&serde_json::Value) -> bool) {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| pred(&l))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no matching audit line in:\n{text}");
+}
+
 // ---------- tests ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,10 +644,10 @@ async fn quarantine_cuts_websocket_tunnels_and_keepalive_connections_within_a_se
             .unwrap_or(""),
         "portcullis_connections_cut_total 2"
     );
-    let lines = audit_lines(&f.audit, 3).await;
-    assert!(lines
-        .iter()
-        .any(|l| l["event"] == "connection_cut" && l["reason"] == "device_quarantined"));
+    audit_line_where(&f.audit, |l| {
+        l["event"] == "connection_cut" && l["reason"] == "device_quarantined"
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -757,12 +774,12 @@ async fn broken_reload_is_refused_and_the_old_config_serves() {
         closed.is_ok(),
         "connection not cut after the anchors changed"
     );
-    // The allow line of the request above comes first; the cut line is written by another
-    // task, so wait for the second line rather than racing it.
-    let lines = audit_lines(&f.audit, 2).await;
-    assert!(lines
-        .iter()
-        .any(|l| l["event"] == "connection_cut" && l["reason"] == "untrusted_issuer"));
+    // The cut line is written by another task after the earlier requests' lines: wait for
+    // that line itself, not for a count the earlier lines already reach.
+    audit_line_where(&f.audit, |l| {
+        l["event"] == "connection_cut" && l["reason"] == "untrusted_issuer"
+    })
+    .await;
     // New handshakes with the old device certificate fail.
     let fresh = client(&f.root, Some(&dev), false);
     assert!(get(&fresh, addr, "/", &[]).await.is_err());
