@@ -556,3 +556,74 @@ fn a_ca_on_port_zero_hands_out_urls_with_the_port_it_got() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn serve_publishes_the_crl_on_the_plain_http_listener() {
+    if !require_program("curl") || !require_program("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("ca.toml");
+    let http = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [ca]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"ca\"\nhttp_listen = \"127.0.0.1:{http}\"\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start portcullis serve");
+    let crl = tmp.path().join("intermediate.crl");
+    let mut fetched = false;
+    for _ in 0..100 {
+        fetched = Command::new("curl")
+            .args(["-sSf", "--max-time", "5", "-o"])
+            .arg(&crl)
+            .arg(format!("http://127.0.0.1:{http}/crl/intermediate.crl"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if fetched {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        fetched,
+        "no CRL over plain HTTP; log:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // The CRL is signed by the intermediate: openssl looks its issuer up in -CAfile.
+    let chain = tmp.path().join("chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(tmp.path().join("ca/pki/intermediate.pem")).unwrap()
+            + &std::fs::read_to_string(tmp.path().join("ca/pki/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-issuer", "-CAfile"])
+        .arg(&chain)
+        .arg("-in")
+        .arg(&crl)
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(text.contains("Intermediate CA"), "{text}");
+}

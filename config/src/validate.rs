@@ -272,7 +272,8 @@ fn validate_ca_http(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
                 format!("`{http}` is also ca.listen (HTTPS); use another port"),
             ));
         }
-        if http.ip().is_unspecified() && ca.http_base_url.is_none() {
+        // Port 0 is only known once bound, after certificates already name their URLs.
+        if (http.ip().is_unspecified() || http.port() == 0) && ca.http_base_url.is_none() {
             out.push((
                 at.key("http_base_url"),
                 format!(

@@ -564,6 +564,10 @@ fn the_crl_and_ocsp_listener_and_its_url_are_checked() {
             "ca.http_base_url: needed when http_listen is `0.0.0.0:8080`",
         ),
         (
+            "http_listen = \"127.0.0.1:0\"",
+            "ca.http_base_url: needed when http_listen is `127.0.0.1:0`",
+        ),
+        (
             "http_base_url = \"https://ca.test\"",
             "ca.http_base_url: `https://ca.test` must be an http:// URL",
         ),
