@@ -503,43 +503,61 @@ fn the_examples_are_valid_and_match_the_up_layout() {
     assert_eq!(snapshot.revoked_serials.len(), 1);
 }
 
+/// `portcullis serve` on `config` (written to `dir/ca.toml`), stderr in `dir/serve.log`;
+/// killed on drop.
+struct Serve {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, config: &str) -> Self {
+        let path = dir.join("ca.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join("serve.log");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start portcullis serve");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_ca_on_port_zero_hands_out_urls_with_the_port_it_got() {
     if !require_program("curl") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("ca.toml");
-    std::fs::write(
-        &config,
+    let serve = Serve::start(
+        tmp.path(),
         "[log]\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [ca]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"ca\"\n",
-    )
-    .unwrap();
-    let log = tmp.path().join("serve.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start portcullis serve");
+    );
     let mut addr = None;
     for _ in 0..200 {
-        addr = logged_addr(&std::fs::read_to_string(&log).unwrap(), "CA listening");
+        addr = logged_addr(&serve.log(), "CA listening");
         if addr.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let addr = addr.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!(
-            "no `CA listening` line: {}",
-            std::fs::read_to_string(&log).unwrap()
-        )
-    });
+    let addr = addr.unwrap_or_else(|| panic!("no `CA listening` line: {}", serve.log()));
     assert_ne!(addr.port(), 0);
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
@@ -547,8 +565,7 @@ fn a_ca_on_port_zero_hands_out_urls_with_the_port_it_got() {
         .arg(format!("https://127.0.0.1:{}/acme/directory", addr.port()))
         .output()
         .expect("curl");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serve);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         body.contains(&format!("https://127.0.0.1:{}/acme/new-nonce", addr.port())),
@@ -563,25 +580,14 @@ fn serve_publishes_the_crl_on_the_plain_http_listener() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("ca.toml");
     let http = free_port();
-    std::fs::write(
-        &config,
-        format!(
+    let serve = Serve::start(
+        tmp.path(),
+        &format!(
             "[log]\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [ca]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"ca\"\nhttp_listen = \"127.0.0.1:{http}\"\n"
         ),
-    )
-    .unwrap();
-    let log = tmp.path().join("serve.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start portcullis serve");
+    );
     let crl = tmp.path().join("intermediate.crl");
     let mut fetched = false;
     for _ in 0..100 {
@@ -596,13 +602,9 @@ fn serve_publishes_the_crl_on_the_plain_http_listener() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        fetched,
-        "no CRL over plain HTTP; log:\n{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    let log = serve.log();
+    drop(serve);
+    assert!(fetched, "no CRL over plain HTTP; log:\n{log}");
     // The CRL is signed by the intermediate: openssl looks its issuer up in -CAfile.
     let chain = tmp.path().join("chain.pem");
     std::fs::write(
