@@ -2,9 +2,13 @@
 //! tooling (`devpki`, `demo_upstream`) that `portcullis up`, the end-to-end tests and the
 //! benchmarks share.
 
+pub mod agent_cli;
+pub mod attest_cli;
 pub mod demo_upstream;
 pub mod devpki;
 pub mod inspect;
 pub mod inventory_cli;
+pub mod node_cli;
 pub mod quickstart;
 pub mod serve;
+pub mod status_feed;

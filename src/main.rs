@@ -80,6 +80,47 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Device attestation (device-attest-01) commands.
+    Attest {
+        #[command(subcommand)]
+        command: AttestCommand,
+    },
+    /// The device agent: TPM key, open TPM enrollment, device certificate by ACME
+    /// device-attest-01, renewal.
+    Agent(portcullis::agent_cli::AgentArgs),
+}
+
+#[derive(Subcommand)]
+enum AttestCommand {
+    /// Run every check of an attestation that the given inputs allow, as the CA would, and
+    /// print each result and the device identifiers found; exits 1 if any check fails.
+    Inspect {
+        /// Attestation object (CBOR, base64url, or the JSON payload {"attObj": ...}), or a
+        /// certificate chain (PEM, leaf first; or one DER certificate).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// tpm, apple or step [default: attObj.fmt, or detected from the chain's leaf].
+        #[arg(long, value_name = "F")]
+        format: Option<String>,
+        /// PEM roots replacing the format's embedded defaults (repeatable).
+        #[arg(long, value_name = "PEM")]
+        roots: Vec<PathBuf>,
+        /// Verify at this instant instead of now (RFC 3339, e.g. 2023-11-14T22:13:20Z).
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// The challenge's key authorization, token.thumbprint (RFC 8555 §8.1).
+        #[arg(long, value_name = "KA", group = "challenge")]
+        key_authorization: Option<String>,
+        /// The challenge token alone (enough for Apple's freshness code).
+        #[arg(long, value_name = "T", group = "challenge")]
+        token: Option<String>,
+        /// Hex of the value the statement should carry: TPM certInfo.extraData, Apple nonce.
+        #[arg(long, value_name = "HEX", group = "challenge")]
+        extra_data: Option<String>,
+        /// Accept SHA-1 in TPM attestations, as ca.attestation.allow_sha1_tpm does.
+        #[arg(long)]
+        allow_sha1: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +221,22 @@ enum CaCommand {
         /// Days until nextUpdate: sign a new one before then.
         #[arg(long, default_value_t = 30)]
         days: u64,
+    },
+    /// Issue a node certificate for an enforcement point (a gateway in another process) to
+    /// subscribe to the status feed with: writes NAME.pem (chain) and NAME.key (0600).
+    NodeCert {
+        /// The node's name, put into `spiffe://<trust-domain>/node/<NAME>`.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The config whose [ca] section names the CA's data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Directory to write NAME.pem and NAME.key into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Lifetime in days (default 30; at most the CA's max_lifetime).
+        #[arg(long)]
+        days: Option<u64>,
     },
 }
 
@@ -414,6 +471,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ca {
+            command:
+                CaCommand::NodeCert {
+                    name,
+                    config,
+                    out,
+                    days,
+                },
+        } => {
+            let lifetime = days.map(|d| std::time::Duration::from_secs(d.max(1) * 24 * 3600));
+            let (cert, key) = portcullis::node_cli::issue(&config, &name, &out, lifetime)?;
+            println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
+            println!("in the enforcement point's config:\n");
+            println!("[status_feed]");
+            println!("url = \"https://<ca-host>:<port>/feed/v1/status\"");
+            println!("ca_roots = \"<the CA's bundle.pem>\"");
+            println!("cert = \"{}\"", cert.display());
+            println!("key = \"{}\"", key.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cert {
             command:
                 CertCommand::Inspect {
@@ -452,6 +529,37 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(match report.verdict {
                 Some(Err(_)) => ExitCode::FAILURE,
                 _ => ExitCode::SUCCESS,
+            })
+        }
+        Command::Agent(args) => portcullis::agent_cli::run(args),
+        Command::Attest {
+            command:
+                AttestCommand::Inspect {
+                    file,
+                    format,
+                    roots,
+                    at,
+                    key_authorization,
+                    token,
+                    extra_data,
+                    allow_sha1,
+                },
+        } => {
+            let out = portcullis::attest_cli::inspect(&portcullis::attest_cli::InspectRequest {
+                file,
+                format,
+                roots,
+                at,
+                key_authorization,
+                token,
+                extra_data,
+                allow_sha1,
+            })?;
+            print!("{}", out.text);
+            Ok(if out.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             })
         }
     }

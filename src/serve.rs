@@ -3,8 +3,10 @@
 //!
 //! - CA (`[ca]`): opened (created on first start, crash recovery run), served over HTTPS on
 //!   `ca.listen`. A gateway in the same process trusts the CA's bundle when `trust.roots` is
-//!   empty, and takes device status from the CA's inventory through the in-memory channel
-//!   (`portcullis_ca::status::follow`): a quarantine reaches it without a file or a network.
+//!   empty, and follows the CA's status feed in memory (`portcullis_ca::feed::follow_local`):
+//!   a quarantine reaches it without a file or a network.
+//! - Status feed (`[status_feed]`, no `[ca]`): the gateway follows a remote CA's feed over
+//!   mTLS (`status_feed.rs`), with the configured staleness mode. Changing it needs a restart.
 //! - Logs go to stderr (JSON or pretty, from `[log]`), so that an audit sink on stdout stays a
 //!   clean stream of JSON lines. `RUST_LOG`, when set, overrides `log.level`.
 //! - Reload: on SIGHUP, and when the config file or a file it names for the listener (trust
@@ -33,7 +35,9 @@ use portcullis_config::{CaConfig, Config, LogConfig, LogFormat};
 use portcullis_gateway::admin::Admin;
 use portcullis_gateway::prometheus::{IntCounterVec, Opts, Registry};
 use portcullis_gateway::{CancellationToken, Gateway};
-use portcullis_policy::{parse_inventory, InventoryFormat, StatusSnapshot, StatusStore};
+use portcullis_policy::{
+    parse_inventory, InventoryFormat, Liveness, StalenessPolicy, StatusSnapshot, StatusStore,
+};
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -189,20 +193,36 @@ pub async fn run_with_shutdown(
     // Generations start at 1; later publishes only grow them.
     initial.generation = initial.generation.max(1);
     inventory.refresh();
-    let status = Arc::new(StatusStore::new(initial));
-    let follower = ca
-        .as_ref()
-        .filter(|_| config.inventory.file.is_none())
-        .map(|ca| {
-            let stop = shutdown.clone();
-            tokio::spawn(portcullis_ca::status::follow(
-                ca.inventory.clone(),
-                ca.store.clone(),
-                Arc::new(SystemClock),
+    let status = Arc::new(match &config.status_feed {
+        Some(feed) => StatusStore::with_liveness(
+            initial,
+            Liveness::tracked(StalenessPolicy {
+                max_staleness: feed.max_staleness,
+                mode: feed.mode,
+            }),
+        ),
+        None => StatusStore::new(initial),
+    });
+    let follower = match (&ca, &config.status_feed) {
+        (Some(ca), _) if config.inventory.file.is_none() => {
+            Some(tokio::spawn(portcullis_ca::feed::follow_local(
+                ca.feed.clone(),
                 status.clone(),
-                stop.cancelled_owned(),
-            ))
-        });
+                Arc::new(SystemClock),
+                shutdown.clone().cancelled_owned(),
+            )))
+        }
+        (None, Some(feed)) => {
+            let client = crate::status_feed::FeedClient::new(feed)?;
+            tracing::info!(url = %feed.url, mode = feed.mode.as_str(), "following the CA's status feed");
+            Some(tokio::spawn(crate::status_feed::follow(
+                client,
+                status.clone(),
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
 
     let gateway = match &config.gateway {
         Some(_) => Some(Gateway::new(&config, status.clone(), &registry)?),
@@ -342,6 +362,9 @@ fn reload(
     if next.ca != current.ca {
         tracing::warn!("[ca] changed; restart to apply it");
     }
+    if next.status_feed != current.status_feed {
+        tracing::warn!("[status_feed] changed; restart to apply it");
+    }
     match (gateway, &next.gateway) {
         (Some(g), Some(_)) => g.reload(&next)?,
         (None, Some(_)) => {
@@ -383,7 +406,7 @@ fn read_inventory(path: &Path) -> anyhow::Result<StatusSnapshot> {
 fn republish(path: &Path, status: &StatusStore) {
     match read_inventory(path) {
         Ok(snapshot) => {
-            let devices = snapshot.devices.len();
+            let devices = snapshot.device_count();
             let generation = status.publish(snapshot);
             tracing::info!(path = %path.display(), devices, generation, "inventory reloaded");
         }

@@ -499,8 +499,8 @@ fn the_examples_are_valid_and_match_the_up_layout() {
     let snapshot =
         portcullis_policy::parse_inventory(&text, portcullis_policy::InventoryFormat::Toml)
             .expect("examples/inventory.toml parses");
-    assert_eq!(snapshot.devices.len(), 4);
-    assert_eq!(snapshot.revoked_serials.len(), 1);
+    assert_eq!(snapshot.device_count(), 4);
+    assert_eq!(snapshot.revoked_serials().len(), 1);
 }
 
 /// `portcullis serve` on `config` (written to `dir/ca.toml`), stderr in `dir/serve.log`;

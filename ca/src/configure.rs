@@ -12,6 +12,7 @@ use portcullis_config::{CaConfig, CaKeyType};
 
 use crate::acme::{AcmeConfig, AttestationConfig, DirectoryMeta, Http01Config};
 use crate::admin_api::AdminApiSettings;
+use crate::enroll::EnrollSettings;
 use crate::pki::{CertTemplate, InitOptions, KeyAlgorithm};
 use crate::service::CaSettings;
 
@@ -60,6 +61,7 @@ pub fn settings(config: &CaConfig, trust_domain: &str) -> Result<CaSettings, Con
         apple_roots: read_roots(&att.apple_roots)?,
         step_roots: read_roots(&att.step_roots)?,
         allow_sha1_tpm: att.allow_sha1_tpm,
+        allow_unattested: att.allow_unattested,
     };
 
     let mut settings = CaSettings::new(&config.data_dir, acme);
@@ -69,6 +71,7 @@ pub fn settings(config: &CaConfig, trust_domain: &str) -> Result<CaSettings, Con
         ..InitOptions::default()
     };
     settings.max_lifetime = config.max_lifetime;
+    settings.enroll = enroll_settings(config)?;
     settings.http_listen = config.http_listen;
     settings.http_base_url = config.http_base_url();
     settings.admin_api = AdminApiSettings {
@@ -117,6 +120,17 @@ fn read_roots(files: &[PathBuf]) -> Result<Option<Vec<Vec<u8>>>, ConfigureError>
         roots.extend(certs);
     }
     Ok(Some(roots))
+}
+
+/// Open TPM enrollment's settings for this `[ca]` section: the EK roots of
+/// `[ca.attestation] ek_roots` and its `allow_sha1_tpm`.
+pub fn enroll_settings(config: &CaConfig) -> Result<EnrollSettings, ConfigureError> {
+    let att = &config.attestation;
+    Ok(EnrollSettings {
+        ek_roots: read_roots(&att.ek_roots)?.unwrap_or_default(),
+        allow_sha1: att.allow_sha1_tpm,
+        ..EnrollSettings::default()
+    })
 }
 
 pub fn key_algorithm(key: CaKeyType) -> KeyAlgorithm {
@@ -253,6 +267,7 @@ mod tests {
         assert_eq!(s.acme.base_url, "https://ca.test:9443");
         assert_eq!(s.acme.trust_domain, "corp.example");
         assert_eq!(s.acme.device_template.lifetime.as_secs(), 24 * 3600);
+        // Default roots for every format (`Ca::open` adds its own AK CA to the TPM roots).
         assert_eq!(s.acme.attestation, AttestationConfig::default());
         assert_eq!(s.data_dir, dir.path().join("ca"));
         assert_eq!(s.init.key, KeyAlgorithm::Rsa2048);
@@ -282,10 +297,15 @@ mod tests {
         );
         let cfg = ca_config(
             dir.path(),
-            "[ca.templates.device]\nlifetime = \"2h\"\n\
-             [ca.attestation]\nstep_roots = [\"step.pem\"]\nallow_sha1_tpm = true\n",
+            &format!(
+                "[ca.templates.device]\nlifetime = \"2h\"\n\
+                 [ca.attestation]\nstep_roots = [\"step.pem\"]\nek_roots = [\"step.pem\"]\nallow_sha1_tpm = true\n"
+            ),
         );
         let s = settings(&cfg, "portcullis.local").unwrap();
+        let enroll = enroll_settings(&cfg).unwrap();
+        assert_eq!(enroll.ek_roots, vec![root.der().to_vec()]);
+        assert!(enroll.allow_sha1);
         assert_eq!(s.acme.device_template.lifetime.as_secs(), 2 * 3600);
         assert_eq!(
             s.acme.attestation.step_roots,

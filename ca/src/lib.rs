@@ -8,6 +8,7 @@
 //! - [`configure`]: the `[ca]` config section → [`service::CaSettings`].
 //! - [`inventory`]: devices and their status; trust removal revokes, changes are broadcast;
 //!   imports of MDM/ITAM exports (CSV, JSON).
+//! - [`enroll`]: open TPM enrollment, the CA as the attestation CA of AK certificates.
 //! - [`admin_api`]: the inventory's HTTPS admin API (`/admin/v1`) and its client.
 //! - [`revocation`]: CRL (RFC 5280) and OCSP responder (RFC 6960) for third-party enforcement points.
 //! - [`service`]: the CA as one object for the binary (init, open + recover, serve).
@@ -19,6 +20,8 @@ pub mod admin_api;
 pub mod attest;
 pub mod clock;
 pub mod configure;
+pub mod enroll;
+pub mod feed;
 pub mod inventory;
 pub mod pki;
 pub mod revocation;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::acme::{AcmeConfig, AcmeServer, Recovery};
 use crate::admin_api::{AdminApi, AdminApiError, AdminApiSettings};
 use crate::clock::Clock;
+use crate::feed::FeedHub;
 use crate::inventory::Inventory;
 use crate::pki::{Authority, CaPaths, InitOptions, LifetimePolicy, PkiError, DEFAULT_MAX_LIFETIME};
 use crate::revocation::{Revocation, RevocationError};
@@ -32,6 +33,8 @@ pub enum CaError {
     AdminApi(#[from] AdminApiError),
     #[error("CRL/OCSP: {0}")]
     Revocation(#[from] RevocationError),
+    #[error("TPM AK CA: {0}")]
+    AkCa(#[from] crate::enroll::AkCaError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -59,6 +62,8 @@ pub struct CaSettings {
     /// `http://host:port` of the CRL and OCSP, put into issued certificates (CRL
     /// distribution point, authority information access); `None`: neither extension.
     pub http_base_url: Option<String>,
+    /// Open TPM enrollment (`/enroll/tpm/*`): EK roots and limits.
+    pub enroll: crate::enroll::EnrollSettings,
 }
 
 impl CaSettings {
@@ -73,6 +78,7 @@ impl CaSettings {
             admin_api: AdminApiSettings::default(),
             http_listen: None,
             http_base_url: None,
+            enroll: crate::enroll::EnrollSettings::default(),
         }
     }
 }
@@ -83,11 +89,16 @@ pub struct Ca {
     pub pki: Arc<Authority>,
     pub acme: Arc<AcmeServer>,
     pub inventory: Arc<Inventory>,
+    /// Open TPM enrollment: the CA as the attestation CA of AK certificates.
+    pub enroll: Arc<crate::enroll::Enrollment>,
     /// `None` when the admin API is off.
     pub admin: Option<Arc<AdminApi>>,
     /// The CRL and the OCSP responder, kept current by a task that lives as long as `Ca`.
     pub revocation: Arc<Revocation>,
     _revocation_task: AbortOnDrop,
+    /// The status feed, kept current by a task that lives as long as `Ca`.
+    pub feed: Arc<FeedHub>,
+    _feed_task: AbortOnDrop,
     clock: Arc<dyn Clock>,
     settings: CaSettings,
 }
@@ -142,9 +153,23 @@ impl Ca {
             clock.clone(),
             INVENTORY_CHANNEL,
         ));
+        // Open TPM enrollment (issue 4): the AK CA beside the other CA files, created on first
+        // start; the `tpm` verifier always trusts the AK certificates it issues.
+        let enroll = Arc::new(crate::enroll::Enrollment::open(
+            &paths.dir,
+            &settings.init,
+            settings.enroll.clone(),
+            store.clone(),
+            clock.clone(),
+        )?);
+        let mut acme_settings = settings.acme.clone();
+        acme_settings.attestation.tpm_roots = Some(crate::enroll::ak_cert::tpm_roots_with(
+            acme_settings.attestation.tpm_roots.take(),
+            enroll.ak_ca().cert_der(),
+        ));
         // device-attest-01 checks every device against this inventory.
         let acme = AcmeServer::with_inventory(
-            settings.acme.clone(),
+            acme_settings,
             store.clone(),
             pki.clone(),
             clock.clone(),
@@ -185,6 +210,15 @@ impl Ca {
                 .clone()
                 .follow(inventory.clone(), std::future::pending()),
         ));
+        let initial = crate::status::snapshot(&store, clock.now())?;
+        let feed = Arc::new(FeedHub::new(initial, crate::feed::HEARTBEAT, clock.now()));
+        let feed_task = AbortOnDrop(tokio::spawn(crate::feed::producer::produce(
+            feed.clone(),
+            inventory.clone(),
+            store.clone(),
+            clock.clone(),
+            std::future::pending(),
+        )));
         let recovery = acme.recover().await?;
         if recovery != Recovery::default() {
             tracing::warn!(?recovery, "finished work interrupted by a previous crash");
@@ -196,9 +230,12 @@ impl Ca {
                 pki,
                 acme,
                 inventory,
+                enroll,
                 admin,
                 revocation,
                 _revocation_task: revocation_task,
+                feed,
+                _feed_task: feed_task,
                 clock,
                 settings,
             },
@@ -210,6 +247,11 @@ impl Ca {
         self.acme.urls().directory()
     }
 
+    /// This CA's root certificate, DER.
+    pub fn root_der(&self) -> Vec<u8> {
+        crate::pki::pem::decode_first(self.pki.root_pem(), "CERTIFICATE").unwrap_or_default()
+    }
+
     /// The trust bundle to hand to enforcement points and ACME clients.
     pub fn bundle_path(&self) -> &Path {
         &self.paths.bundle
@@ -219,7 +261,17 @@ impl Ca {
     /// elsewhere than [`Ca::serve`], the admin API accepts bearer tokens only (client
     /// certificates reach it through [`tls::serve_tls`]).
     pub fn router(&self) -> axum::Router {
-        let router = self.acme.router().merge(self.revocation.router());
+        let router = self
+            .acme
+            .router()
+            .merge(self.revocation.router())
+            .merge(crate::enroll::routes(self.enroll.clone()))
+            .merge(crate::feed::sse::router(crate::feed::sse::FeedState {
+                hub: self.feed.clone(),
+                root: self.root_der().into(),
+                trust_domain: self.settings.acme.trust_domain.as_str().into(),
+                clock: self.clock.clone(),
+            }));
         match &self.admin {
             Some(admin) => router.nest(crate::admin_api::PREFIX, admin.router()),
             None => router,
@@ -240,10 +292,14 @@ impl Ca {
             self.settings.tls_dns_names.clone(),
             self.settings.tls_ip_addresses.clone(),
         )?;
-        // With admin client roots, a client certificate is requested (never required: ACME
-        // clients have none) and verified against them in the handshake.
-        let client_verifier = self.admin.as_ref().and_then(|a| a.client_verifier());
-        let config = tls::server_config_with_client_auth(Arc::new(certs), client_verifier)?;
+        // A client certificate is requested (never required: ACME clients have none) and
+        // verified in the handshake against this CA's root (node certificates of the status
+        // feed) and the admin roots. Each handler verifies again against its own roots: a
+        // device certificate passes the handshake but is neither a node nor an admin.
+        let mut verifiers = vec![tls::client_verifier(&[self.root_der()])?];
+        verifiers.extend(self.admin.as_ref().and_then(|a| a.client_verifier()));
+        let config =
+            tls::server_config_with_client_auth(Arc::new(certs), Some(tls::AnyOf::new(verifiers)))?;
         let Some(addr) = self.settings.http_listen else {
             tls::serve_tls(listener, self.router(), config, shutdown).await;
             return Ok(());

@@ -164,6 +164,99 @@ fn issue(
 #[derive(Debug, Clone)]
 pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
 
+/// A verifier that requests (never requires) a client certificate chaining to one of
+/// `roots` (DER).
+pub fn client_verifier(roots: &[Vec<u8>]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(CertificateDer::from(root.clone()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))
+}
+
+/// Accepts a client certificate that any of its verifiers accepts (the CA listener serves
+/// node certificates of the status feed and admin certificates from another CA). Which one
+/// accepted is not remembered: each handler verifies the chain again against its own roots.
+#[derive(Debug)]
+pub struct AnyOf {
+    verifiers: Vec<Arc<dyn ClientCertVerifier>>,
+    hints: Vec<rustls::DistinguishedName>,
+}
+
+impl AnyOf {
+    /// `verifiers` must not be empty; all must allow unauthenticated clients.
+    pub fn new(verifiers: Vec<Arc<dyn ClientCertVerifier>>) -> Arc<dyn ClientCertVerifier> {
+        if verifiers.len() == 1 {
+            return verifiers[0].clone();
+        }
+        let hints = verifiers
+            .iter()
+            .flat_map(|v| v.root_hint_subjects().iter().cloned())
+            .collect();
+        Arc::new(Self { verifiers, hints })
+    }
+}
+
+impl ClientCertVerifier for AnyOf {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no client certificate verifier".into());
+        for v in &self.verifiers {
+            match v.verify_client_cert(end_entity, intermediates, now) {
+                Ok(ok) => return Ok(ok),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    // Signatures over the handshake do not depend on the roots: every verifier here is a
+    // webpki verifier with the same crypto provider.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifiers[0].verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifiers[0].verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifiers[0].supported_verify_schemes()
+    }
+}
+
 /// A rustls server configuration presenting `certs`, offering HTTP/2 and HTTP/1.1.
 pub fn server_config(certs: Arc<SelfIssued>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     server_config_with_client_auth(certs, None)

@@ -239,10 +239,21 @@ pub struct AttestationSection {
     /// PEM files of YubiKey PIV attestation roots.
     #[serde(default)]
     pub step_roots: Vec<PathBuf>,
+    /// PEM files of TPM manufacturer roots (or intermediates) that EK certificates must chain
+    /// to for open TPM enrollment (`/enroll/tpm/start`), where the CA issues AK certificates
+    /// itself. No embedded default: empty means only EKs the inventory pins can enrol.
+    #[serde(default)]
+    pub ek_roots: Vec<PathBuf>,
     /// Accept SHA-1 in TPM attestations (RS1 signatures, SHA-1 Names and certificates). Real
     /// Windows TPM attestations use RS1; SHA-1 collisions are practical, so off by default.
     #[serde(default)]
     pub allow_sha1_tpm: bool,
+    /// DEVELOPMENT ONLY: accept the agent's software key mode (`fmt =
+    /// "portcullis-software-unattested"`): nothing is attested and the device id is the
+    /// client's claim. Certificates issued so carry that format in their attestation-format
+    /// extension. Off by default.
+    #[serde(default)]
+    pub allow_unattested: bool,
 }
 
 impl CaConfig {

@@ -7,6 +7,7 @@ mod load;
 mod locate;
 mod model;
 mod reload;
+mod status_feed;
 mod validate;
 
 pub use ca::*;
@@ -14,3 +15,4 @@ pub use error::{ConfigError, Problem};
 pub use load::{load_file, parse_str};
 pub use model::*;
 pub use reload::ConfigHandle;
+pub use status_feed::{StaleMode, StatusFeedConfig};

@@ -91,8 +91,14 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             &mut att.tpm_roots,
             &mut att.apple_roots,
             &mut att.step_roots,
+            &mut att.ek_roots,
         ] {
             list.iter_mut().for_each(fix);
+        }
+    }
+    if let Some(feed) = config.status_feed.as_mut() {
+        for p in [&mut feed.ca_roots, &mut feed.cert, &mut feed.key] {
+            fix(p);
         }
     }
     if let Some(gw) = config.gateway.as_mut() {

@@ -29,6 +29,9 @@ pub struct Config {
     /// The attesting ACME CA and its inventory; absent means the CA is not run.
     #[serde(default)]
     pub ca: Option<crate::ca::CaConfig>,
+    /// The CA's status feed, for enforcement points in another process than the CA.
+    #[serde(default)]
+    pub status_feed: Option<crate::status_feed::StatusFeedConfig>,
 }
 
 /// What a device certificate must chain to, and how strictly its validity is read.

@@ -72,6 +72,42 @@ pub(crate) fn validate(config: &Config) -> Problems {
             ));
         }
     }
+    if let Some(feed) = &config.status_feed {
+        let at = root.key("status_feed");
+        if !feed.url.starts_with("https://") {
+            out.push((
+                at.key("url"),
+                "must be an https:// URL (the feed is authenticated with mTLS)".into(),
+            ));
+        }
+        for (key, f) in [
+            ("ca_roots", &feed.ca_roots),
+            ("cert", &feed.cert),
+            ("key", &feed.key),
+        ] {
+            check_file(&mut out, at.key(key), f);
+        }
+        if feed.max_staleness < Duration::from_secs(1) {
+            // Heartbeats come every second; less would count every point stale.
+            out.push((at.key("max_staleness"), "at least 1s".into()));
+        }
+        if config.ca.is_some() {
+            out.push((
+                at.clone(),
+                "this process runs the CA, whose inventory reaches its enforcement points in \
+                 memory; remove [status_feed]"
+                    .into(),
+            ));
+        }
+        if config.inventory.file.is_some() {
+            out.push((
+                root.key("inventory").key("file"),
+                "[status_feed] is the status source; an inventory file beside it would be a \
+                 second source of truth"
+                    .into(),
+            ));
+        }
+    }
     if let Some(gw) = &config.gateway {
         // With a CA in the same process, the gateway trusts the CA's bundle by default.
         if config.trust.roots.is_empty() && config.ca.is_none() {
@@ -244,6 +280,7 @@ fn validate_ca(out: &mut Problems, at: &KeyPath, ca: &CaConfig) {
         ("tpm_roots", &ca.attestation.tpm_roots),
         ("apple_roots", &ca.attestation.apple_roots),
         ("step_roots", &ca.attestation.step_roots),
+        ("ek_roots", &ca.attestation.ek_roots),
     ] {
         for (i, p) in files.iter().enumerate() {
             check_pem_certificates(out, att.key(key).index(i), p);

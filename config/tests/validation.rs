@@ -587,3 +587,61 @@ fn the_crl_and_ocsp_listener_and_its_url_are_checked() {
         );
     }
 }
+
+#[test]
+fn the_status_feed_section_is_checked() {
+    let fx = Fixture::new();
+    let feed = "[status_feed]\nurl = \"https://ca.test:8443/feed/v1/status\"\nca_roots = \"roots.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\n";
+    let gateway_only = GOOD.replace("[inventory]\nfile = \"inventory.toml\"\n", "");
+    let config = fx.parse(&format!("{gateway_only}\n{feed}")).unwrap();
+    let f = config.status_feed.unwrap();
+    assert_eq!(f.mode, portcullis_config::StaleMode::BestEffort);
+    assert_eq!(f.max_staleness, std::time::Duration::from_secs(30));
+    assert!(
+        f.cert.is_absolute(),
+        "paths resolve against the config's directory"
+    );
+
+    for (text, expected) in [
+        (
+            format!("{gateway_only}\n{}", feed.replace("https://", "http://")),
+            "status_feed.url: must be an https:// URL",
+        ),
+        (
+            format!("{gateway_only}\n{feed}max_staleness = \"500ms\"\n"),
+            "status_feed.max_staleness: at least 1s",
+        ),
+        (
+            format!("{gateway_only}\n{}", feed.replace("gw.key", "missing.key")),
+            "status_feed.key",
+        ),
+        (
+            format!("{GOOD}\n{feed}"),
+            "inventory.file: [status_feed] is the status source",
+        ),
+        (
+            format!(
+                "{gateway_only}\n{feed}\n[ca]\nlisten = \"127.0.0.1:8444\"\ndata_dir = \"ca\"\n"
+            ),
+            "status_feed: this process runs the CA",
+        ),
+    ] {
+        let problems = fx.problems(&text);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "expected {expected:?} in {problems:?}"
+        );
+    }
+    let strict = fx
+        .parse(&format!("{gateway_only}\n{feed}mode = \"strict\"\n"))
+        .unwrap();
+    assert_eq!(
+        strict.status_feed.unwrap().mode,
+        portcullis_config::StaleMode::Strict
+    );
+    let problems = fx.problems(&format!("{gateway_only}\n{feed}mode = \"lenient\"\n"));
+    assert!(
+        problems.iter().any(|p| p.contains("lenient")),
+        "{problems:?}"
+    );
+}

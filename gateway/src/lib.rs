@@ -61,6 +61,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
@@ -350,7 +351,12 @@ impl Gateway {
                     let shared = shared.clone();
                     move |snapshot, cut| {
                         shared.metrics.observe_snapshot(snapshot);
-                        let detail = format!("status generation {}", snapshot.generation);
+                        let detail = match &snapshot.cause {
+                            Some(cause) => {
+                                format!("status generation {}: {cause}", snapshot.generation)
+                            }
+                            None => format!("status generation {}", snapshot.generation),
+                        };
                         on_cut(&shared, cut, &detail);
                     }
                 },
@@ -370,6 +376,14 @@ impl Gateway {
         if self.shared.trust.load().anchors.is_empty() {
             return Err("no trust anchors loaded".into());
         }
+        if let Some(why) = self
+            .shared
+            .status
+            .liveness()
+            .unready_reason(SystemTime::now())
+        {
+            return Err(why);
+        }
         Ok(())
     }
 
@@ -388,6 +402,9 @@ impl Gateway {
         self.shared
             .metrics
             .observe_snapshot(&self.shared.status.current());
+        self.shared
+            .metrics
+            .observe_liveness(self.shared.status.liveness(), SystemTime::now());
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 
 use http::StatusCode;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub(crate) struct Metrics {
@@ -22,6 +22,12 @@ pub(crate) struct Metrics {
     pub status_generation: IntGauge,
     /// `portcullis_status_snapshot_age_seconds`: now − the snapshot's `produced_at`.
     pub status_age: Gauge,
+    /// `portcullis_status_feed_silence_seconds`: time since the status feed was last heard
+    /// (absent when the status source is not a feed).
+    pub feed_silence: Gauge,
+    /// `portcullis_status_feed_stale{mode}`: 1 while the feed is silent past `max_staleness`
+    /// (strict: every device refused; best_effort: the last known state in force).
+    pub feed_stale: IntGaugeVec,
     /// `portcullis_connections_open`: client connections currently open (tunnels included).
     pub connections_open: IntGauge,
     /// `portcullis_connections_cut_total`: connections closed because their device lost trust.
@@ -70,6 +76,17 @@ impl Metrics {
             "portcullis_status_snapshot_age_seconds",
             "Seconds since the status source produced the snapshot in force",
         )?;
+        let feed_silence = Gauge::new(
+            "portcullis_status_feed_silence_seconds",
+            "Seconds since the status feed was last heard (event or heartbeat)",
+        )?;
+        let feed_stale = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_status_feed_stale",
+                "1 while the status feed is silent past max_staleness, by staleness mode",
+            ),
+            &["mode"],
+        )?;
         let connections_open = IntGauge::new(
             "portcullis_connections_open",
             "Client connections currently open",
@@ -84,6 +101,8 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(status_generation.clone()))?;
         registry.register(Box::new(status_age.clone()))?;
+        registry.register(Box::new(feed_silence.clone()))?;
+        registry.register(Box::new(feed_stale.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_cut.clone()))?;
         Ok(Self {
@@ -93,6 +112,8 @@ impl Metrics {
             request_duration,
             status_generation,
             status_age,
+            feed_silence,
+            feed_stale,
             connections_open,
             connections_cut,
         })
@@ -111,6 +132,27 @@ impl Metrics {
 
     pub fn handshake_failed(&self, reason: &str) {
         self.handshake_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Updates the feed gauges; a source that is not a feed leaves them unset.
+    pub fn observe_liveness(
+        &self,
+        liveness: &portcullis_policy::Liveness,
+        now: std::time::SystemTime,
+    ) {
+        use portcullis_policy::Freshness;
+        let Some(policy) = liveness.policy() else {
+            return;
+        };
+        let (silence, stale) = match liveness.freshness(now) {
+            Freshness::Untracked | Freshness::NeverHeard => (f64::INFINITY, true),
+            Freshness::Fresh { silent_for } => (silent_for.as_secs_f64(), false),
+            Freshness::Stale { silent_for } => (silent_for.as_secs_f64(), true),
+        };
+        self.feed_silence.set(silence);
+        self.feed_stale
+            .with_label_values(&[policy.mode.as_str()])
+            .set(i64::from(stale));
     }
 
     /// Updates the status gauges from a snapshot.

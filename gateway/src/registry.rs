@@ -69,7 +69,10 @@ pub(crate) fn untrusted_reason(
     device_id: &str,
     serial: &str,
 ) -> Option<&'static str> {
-    if snapshot.revoked_serials.contains(serial) {
+    if snapshot.stale_since.is_some() {
+        return Some("status_stale");
+    }
+    if snapshot.is_serial_revoked(serial) {
         return Some("certificate_revoked");
     }
     match snapshot.device(device_id).map(|r| r.status) {
@@ -187,26 +190,18 @@ mod tests {
     use portcullis_policy::DeviceRecord;
 
     fn snapshot(devices: &[(&str, DeviceStatus)], revoked: &[&str]) -> StatusSnapshot {
-        StatusSnapshot {
-            generation: 1,
-            devices: devices
-                .iter()
-                .map(|(id, status)| {
-                    (
-                        id.to_string(),
-                        DeviceRecord {
-                            id: id.to_string(),
-                            status: *status,
-                            tags: Default::default(),
-                            owner: None,
-                            platform: None,
-                        },
-                    )
-                })
-                .collect(),
-            revoked_serials: revoked.iter().map(|s| s.to_string()).collect(),
-            produced_at: None,
-        }
+        let mut snap = StatusSnapshot::from_records(
+            devices.iter().map(|(id, status)| DeviceRecord {
+                id: id.to_string(),
+                status: *status,
+                tags: Default::default(),
+                owner: None,
+                platform: None,
+            }),
+            revoked.iter().map(|s| s.to_string()),
+        );
+        snap.generation = 1;
+        snap
     }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

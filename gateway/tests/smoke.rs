@@ -191,12 +191,11 @@ fn record(id: &str, status: DeviceStatus) -> (String, DeviceRecord) {
 }
 
 fn inventory(devices: &[(&str, DeviceStatus)]) -> StatusSnapshot {
-    StatusSnapshot {
-        generation: 1,
-        devices: devices.iter().map(|(id, s)| record(id, *s)).collect(),
-        revoked_serials: Default::default(),
-        produced_at: Some(std::time::SystemTime::now()),
-    }
+    let mut snap =
+        StatusSnapshot::from_records(devices.iter().map(|(id, s)| record(id, *s).1), Vec::new());
+    snap.generation = 1;
+    snap.produced_at = Some(std::time::SystemTime::now());
+    snap
 }
 
 struct Running {

@@ -55,12 +55,8 @@ fn main() {
         })
         .collect();
     let revoked_serials: HashSet<String> = (0..1_000).map(|i| format!("{i:040x}")).collect();
-    let snapshot = StatusSnapshot {
-        generation: 7,
-        devices,
-        revoked_serials,
-        produced_at: None,
-    };
+    let mut snapshot = StatusSnapshot::from_records(devices.into_values(), revoked_serials);
+    snapshot.generation = 7;
     let policy = RoutePolicy::compile(
         &[Criterion::And(vec![
             Criterion::Tag("eng".into()),

@@ -98,7 +98,9 @@ fn matched(table: &'static [&'static str; 16], what: &str, i: usize) -> Cow<'sta
 /// 1. No certificate: allowed only if an allow rule is definitely true and no deny rule might
 ///    apply (device facts are unknown; see `rules` for the three-valued logic). Otherwise
 ///    `no_certificate`.
-/// 2. A certificate that names no device: `no_device_id`.
+/// 2. A certificate that names no device: `no_device_id`. A strict enforcement point whose
+///    status feed is stale (`StatusSnapshot::stale_since`) refuses every device:
+///    `status_stale`.
 /// 3. Its serial is revoked: `certificate_revoked`. Before the inventory, so a revoked
 ///    certificate of an active device is still refused.
 /// 4. The device must be in the inventory (`unknown_device`) and `active`
@@ -121,6 +123,12 @@ pub fn decide(
     let Some(device_id) = identity.device_id.as_deref() else {
         return Decision::deny("no_device_id", "certificate carries no device identifier");
     };
+    if snapshot.stale_since.is_some() {
+        return Decision::deny(
+            "status_stale",
+            "the status feed is silent past max_staleness and this point is strict",
+        );
+    }
     // 3.
     if snapshot.is_revoked(identity) {
         return Decision::deny(
@@ -330,6 +338,17 @@ mod tests {
             platform: Some("linux".into()),
         });
         StatusSnapshot::from_records(records, revoked.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn a_strict_stale_point_refuses_every_device() {
+        let mut snap = snapshot(Some(DeviceStatus::Active), &[]);
+        let p = policy(&[tag("eng")], &[]);
+        assert!(decide(&p, &snap, Some(&identity()), &FACTS).allow);
+        snap.stale_since = Some(std::time::SystemTime::UNIX_EPOCH);
+        let d = decide(&p, &snap, Some(&identity()), &FACTS);
+        assert!(!d.allow);
+        assert_eq!(d.reason.code, "status_stale");
     }
 
     fn policy(allow: &[Criterion], deny: &[Criterion]) -> RoutePolicy {

@@ -126,14 +126,12 @@ pub fn parse_inventory(
                 message: format!("`{s}` is not a hexadecimal serial number"),
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<String>, _>>()?;
 
-    Ok(StatusSnapshot {
-        generation: 0,
-        devices,
+    Ok(StatusSnapshot::from_records(
+        devices.into_values(),
         revoked_serials,
-        produced_at: None,
-    })
+    ))
 }
 
 impl DeviceEntry {
@@ -225,7 +223,7 @@ status = "quarantined"
         let q = snap.device("SN-5678").unwrap();
         assert_eq!(q.status, DeviceStatus::Quarantined);
         assert!(q.tags.is_empty());
-        let mut serials: Vec<_> = snap.revoked_serials.iter().cloned().collect();
+        let mut serials: Vec<_> = snap.revoked_serials().iter().cloned().collect();
         serials.sort();
         assert_eq!(serials, vec!["0a1b", "8a01"]);
     }
@@ -236,16 +234,20 @@ status = "quarantined"
             {"id": "A", "status": "retired", "tags": ["x"]}]}"#;
         let snap = parse_inventory(json, InventoryFormat::Json).unwrap();
         assert_eq!(snap.device("A").unwrap().status, DeviceStatus::Retired);
-        assert!(snap.revoked_serials.contains("ff"));
+        assert!(snap.revoked_serials().contains("ff"));
         // An empty document is an empty inventory.
-        assert!(parse_inventory("{}", InventoryFormat::Json)
-            .unwrap()
-            .devices
-            .is_empty());
-        assert!(parse_inventory("", InventoryFormat::Toml)
-            .unwrap()
-            .devices
-            .is_empty());
+        assert!(
+            parse_inventory("{}", InventoryFormat::Json)
+                .unwrap()
+                .device_count()
+                == 0
+        );
+        assert!(
+            parse_inventory("", InventoryFormat::Toml)
+                .unwrap()
+                .device_count()
+                == 0
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`identity`]: what a device certificate says (device id, serial, fingerprints, SANs).
 //! - [`verify`]: chain, validity with skew, EKU clientAuth, maximum lifetime.
 //! - [`status`]: the inventory snapshot (device → status, revoked serials) and its store.
+//! - [`feed`]: the status feed's events and the follower that applies them.
+//! - [`staleness`]: when the status source was last heard, and what silence means.
 //! - [`inventory`]: the inventory document format.
 //! - [`rules`]: route rules compiled from config criteria.
 //! - [`decision`]: the per-request decision with its reason, and the decision cache.
@@ -21,19 +23,24 @@
 
 pub mod decision;
 mod der;
+mod device_table;
+pub mod feed;
 pub mod identity;
 pub mod inventory;
 mod name;
 pub mod rules;
+pub mod staleness;
 pub mod status;
 #[cfg(test)]
 mod testutil;
 pub mod verify;
 
 pub use decision::{Decision, DecisionCache, Reason, RequestFacts};
+pub use feed::{Delta, FeedError, FeedEvent, Follower};
 pub use identity::{DeviceIdentity, IdSource, IdentityError};
 pub use inventory::{parse_inventory, InventoryError, InventoryFormat};
 pub use portcullis_config::{Criterion, DeviceStatus};
 pub use rules::RoutePolicy;
+pub use staleness::{Freshness, Liveness, StaleMode, StalenessPolicy};
 pub use status::{DeviceRecord, StatusSnapshot, StatusStore};
 pub use verify::{TrustAnchors, VerifyError, VerifyOptions};

@@ -1,14 +1,17 @@
 //! The status snapshot: device id → status, and revoked serials. Versioned by a generation that
 //! only grows; replaced whole, readers never lock.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use portcullis_config::DeviceStatus;
 
+use crate::device_table::DeviceTable;
+use crate::feed::Delta;
 use crate::identity::DeviceIdentity;
+use crate::staleness::Liveness;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRecord {
@@ -25,16 +28,41 @@ pub struct DeviceRecord {
 #[derive(Debug, Clone, Default)]
 pub struct StatusSnapshot {
     pub generation: u64,
-    pub devices: HashMap<String, DeviceRecord>,
+    devices: DeviceTable,
     /// Revoked certificate serials, lowercase hex as in `DeviceIdentity::serial`.
-    pub revoked_serials: HashSet<String>,
+    revoked: Arc<HashSet<String>>,
     /// When the source produced this snapshot (for staleness metrics).
     pub produced_at: Option<SystemTime>,
+    /// Set only by a `strict` enforcement point whose status feed has been silent past
+    /// `max_staleness`, to when it was last heard: every device is refused until it is heard
+    /// again (Teleport's strict locking mode).
+    pub stale_since: Option<SystemTime>,
+    /// The change that produced this generation, as the feed describes it ("SN-1 quarantined
+    /// by alice: lost"), so that the sessions it cuts are audited with their cause.
+    pub cause: Option<Arc<str>>,
 }
 
 impl StatusSnapshot {
     pub fn device(&self, id: &str) -> Option<&DeviceRecord> {
         self.devices.get(id)
+    }
+
+    /// Every device, in no particular order.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceRecord> {
+        self.devices.iter()
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn revoked_serials(&self) -> &HashSet<String> {
+        &self.revoked
+    }
+
+    /// True if `serial` (lowercase hex, as `DeviceIdentity::serial`) is revoked.
+    pub fn is_serial_revoked(&self, serial: &str) -> bool {
+        self.revoked.contains(serial)
     }
 
     /// The inventory record of the device a certificate names (none without a device id).
@@ -51,7 +79,7 @@ impl StatusSnapshot {
     /// True if the certificate's serial is on the revoked list (serials compare in the form of
     /// `identity::serial_hex`).
     pub fn is_revoked(&self, identity: &DeviceIdentity) -> bool {
-        self.revoked_serials.contains(identity.serial.as_str())
+        self.is_serial_revoked(identity.serial.as_str())
     }
 
     /// A snapshot from records and revoked serials (generation 0; the store assigns one).
@@ -61,13 +89,70 @@ impl StatusSnapshot {
         revoked_serials: impl IntoIterator<Item = String>,
     ) -> Self {
         Self {
-            generation: 0,
-            devices: records.into_iter().map(|r| (r.id.clone(), r)).collect(),
-            revoked_serials: revoked_serials
-                .into_iter()
-                .filter_map(|s| crate::inventory::normalize_serial(&s))
-                .collect(),
-            produced_at: None,
+            devices: DeviceTable::from_records(records),
+            revoked: Arc::new(
+                revoked_serials
+                    .into_iter()
+                    .filter_map(|s| crate::inventory::normalize_serial(&s))
+                    .collect(),
+            ),
+            ..Self::default()
+        }
+    }
+
+    /// The snapshot `delta` leads to: its generation and cause, the devices and serials it
+    /// names changed, everything else shared with `self` (cheap for a large fleet, see
+    /// `device_table`). Serials are normalized like [`StatusSnapshot::from_records`].
+    pub fn apply(&self, delta: &Delta) -> Self {
+        let revoked = if delta.revoke.is_empty() && delta.unrevoke.is_empty() {
+            self.revoked.clone()
+        } else {
+            let mut set = (*self.revoked).clone();
+            for s in delta
+                .unrevoke
+                .iter()
+                .filter_map(|s| crate::inventory::normalize_serial(s))
+            {
+                set.remove(&s);
+            }
+            set.extend(
+                delta
+                    .revoke
+                    .iter()
+                    .filter_map(|s| crate::inventory::normalize_serial(s)),
+            );
+            Arc::new(set)
+        };
+        Self {
+            generation: delta.generation,
+            devices: self.devices.with_changes(&delta.upsert, &delta.remove),
+            revoked,
+            produced_at: self.produced_at,
+            stale_since: None,
+            cause: delta.cause.as_deref().map(Arc::from),
+        }
+    }
+
+    /// The delta that turns `self` into `next` (O(devices); used when a source can only
+    /// rebuild whole). Its generation is `next`'s.
+    pub fn diff(&self, next: &StatusSnapshot) -> Delta {
+        let upsert = next
+            .devices()
+            .filter(|r| self.device(&r.id) != Some(*r))
+            .cloned()
+            .collect();
+        let remove = self
+            .devices()
+            .filter(|r| next.device(&r.id).is_none())
+            .map(|r| r.id.clone())
+            .collect();
+        Delta {
+            generation: next.generation,
+            upsert,
+            remove,
+            revoke: next.revoked.difference(&self.revoked).cloned().collect(),
+            unrevoke: self.revoked.difference(&next.revoked).cloned().collect(),
+            cause: None,
         }
     }
 }
@@ -76,15 +161,27 @@ impl StatusSnapshot {
 pub struct StatusStore {
     current: ArcSwap<StatusSnapshot>,
     changes: tokio::sync::watch::Sender<u64>,
+    liveness: Liveness,
 }
 
 impl StatusStore {
+    /// A store whose source is never stale (a file, or the CA in this process).
     pub fn new(initial: StatusSnapshot) -> Self {
+        Self::with_liveness(initial, Liveness::default())
+    }
+
+    /// A store fed by a status feed, whose silence `liveness` tracks.
+    pub fn with_liveness(initial: StatusSnapshot, liveness: Liveness) -> Self {
         let (changes, _) = tokio::sync::watch::channel(initial.generation);
         Self {
             current: ArcSwap::from_pointee(initial),
             changes,
+            liveness,
         }
+    }
+
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     pub fn current(&self) -> Arc<StatusSnapshot> {
@@ -147,7 +244,7 @@ mod tests {
             snap.is_revoked(&identity),
             "00:8A:01 and 8a01 are the same serial"
         );
-        assert_eq!(snap.revoked_serials.len(), 1);
+        assert_eq!(snap.revoked_serials().len(), 1);
 
         let mut anonymous = identity.clone();
         anonymous.device_id = None;
@@ -161,10 +258,9 @@ mod tests {
 
     #[test]
     fn publish_only_grows_the_generation() {
-        let store = StatusStore::new(StatusSnapshot {
-            generation: 5,
-            ..Default::default()
-        });
+        let mut initial = StatusSnapshot::default();
+        initial.generation = 5;
+        let store = StatusStore::new(initial);
         let mut rx = store.subscribe();
         assert_eq!(
             store.publish(StatusSnapshot {

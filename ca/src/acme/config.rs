@@ -58,6 +58,8 @@ pub struct AttestationConfig {
     pub step_roots: Option<Vec<Vec<u8>>>,
     /// Accept SHA-1 in TPM attestations (RS1 signatures, SHA-1 Names and certificates).
     pub allow_sha1_tpm: bool,
+    /// Register the dev-only unattested software format ([`super::challenge::unattested`]).
+    pub allow_unattested: bool,
 }
 
 impl AttestationConfig {
@@ -83,6 +85,15 @@ impl AttestationConfig {
         v.register(std::sync::Arc::new(tpm));
         v.register(std::sync::Arc::new(apple));
         v.register(std::sync::Arc::new(step));
+        if self.allow_unattested {
+            tracing::warn!(
+                "[ca.attestation] allow_unattested: software keys are accepted WITHOUT any \
+                 attestation (development only)"
+            );
+            v.register(std::sync::Arc::new(
+                super::challenge::unattested::UnattestedVerifier,
+            ));
+        }
         v
     }
 }

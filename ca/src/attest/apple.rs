@@ -15,8 +15,10 @@ use std::time::SystemTime;
 use x509_parser::certificate::X509Certificate;
 
 use super::chain::{self, ChainPolicy};
+use super::checks::{need, ChallengeForm, CheckId, Need, Run};
 use super::{
-    err, AttObj, AttestError, AttestationFormat, Attested, Details, DeviceIdentifier, Rule,
+    err, AttObj, AttestError, AttestationFormat, Attested, Binding, DeviceIdentifier, Findings,
+    Rule,
 };
 
 /// Apple Enterprise Attestation Root CA (P-384, 2022–2047), as published by Apple.
@@ -82,6 +84,218 @@ fn ext_text(cert: &X509Certificate<'_>, oid: &str) -> Result<Option<String>, Att
     }
 }
 
+const fn id(name: &'static str, about: &'static str) -> CheckId {
+    CheckId { name, about }
+}
+
+pub const FMT: CheckId = id("apple.fmt", "attObj.fmt is \"apple\"");
+pub const CHAIN: CheckId = id(
+    "apple.chain",
+    "x5c chains to a configured Apple Enterprise Attestation root (RFC 5280 §6.1)",
+);
+pub const LEAF_NOT_CA: CheckId = id(
+    "apple.leaf.notCa",
+    "the attested key's certificate x5c[0] is not a CA (RFC 5280 §4.2.1.9)",
+);
+pub const FRESHNESS_PRESENT: CheckId = id(
+    "apple.freshness.present",
+    "x5c[0] carries the freshness code 1.2.840.113635.100.8.11.1 (mandatory here: no replay)",
+);
+pub const FRESHNESS: CheckId = id(
+    "apple.freshness",
+    "the freshness code is SHA-256 of the challenge token",
+);
+pub const IDENTIFIERS: CheckId = id(
+    "apple.identifiers",
+    "x5c[0] carries a serial number (100.8.9.1) or UDID (100.8.9.2) as printable text",
+);
+pub const PROPERTIES: CheckId = id(
+    "apple.properties",
+    "OS, sepOS, LLB versions and model (100.8.10.x, 100.8.9.4) are printable text",
+);
+
+/// Every check of the format, in the order it runs them.
+pub const CHECKS: &[CheckId] = &[
+    FMT,
+    CHAIN,
+    LEAF_NOT_CA,
+    FRESHNESS_PRESENT,
+    FRESHNESS,
+    IDENTIFIERS,
+    PROPERTIES,
+];
+
+/// Whether a certificate carries Apple attestation extensions (1.2.840.113635.100.8.x), for
+/// telling the format of a bare chain.
+pub fn is_apple_attestation(cert: &X509Certificate<'_>) -> bool {
+    cert.extensions()
+        .iter()
+        .any(|e| e.oid.to_id_string().starts_with("1.2.840.113635.100.8."))
+}
+
+/// The freshness code must be present: step-ca skips the check when it is absent, which lets
+/// an old attestation be replayed; refused here.
+fn freshness_code<'a>(leaf: &'a X509Certificate<'_>) -> Result<&'a [u8], AttestError> {
+    ext_value(leaf, OID_APPLE_NONCE).ok_or_else(|| {
+        AttestError::new(
+            Rule::AppleFreshnessMissing,
+            "apple: the leaf has no freshness code 1.2.840.113635.100.8.11.1; an attestation without it could be a replay, refused",
+        )
+    })
+}
+
+/// The freshness code equals SHA-256(token) (Apple MDA; draft-ietf-acme-device-attest).
+fn check_freshness(nonce: &[u8], binding: Binding<'_>) -> Result<(), AttestError> {
+    let expected = match binding {
+        Binding::KeyAuthorization(ka) => {
+            Some(ring::digest::digest(&ring::digest::SHA256, token_of(ka)))
+        }
+        Binding::Token(t) => Some(ring::digest::digest(&ring::digest::SHA256, t)),
+        Binding::Expected(v) => {
+            return if nonce == v {
+                Ok(())
+            } else {
+                err(
+                    Rule::AppleFreshnessMismatch,
+                    "apple: freshness code 1.2.840.113635.100.8.11.1 is not the expected value",
+                )
+            }
+        }
+        Binding::None => None,
+    };
+    if expected.is_some_and(|e| e.as_ref() == nonce) {
+        return Ok(());
+    }
+    err(
+        Rule::AppleFreshnessMismatch,
+        "apple: freshness code 1.2.840.113635.100.8.11.1 is not SHA-256 of the challenge token",
+    )
+}
+
+fn identifiers(leaf: &X509Certificate<'_>) -> Result<Vec<DeviceIdentifier>, AttestError> {
+    let mut identifiers = Vec::new();
+    if let Some(serial) = ext_text(leaf, OID_APPLE_SERIAL)? {
+        identifiers.push(DeviceIdentifier::PermanentIdentifier {
+            value: serial,
+            assigner: None,
+            source: "apple 1.2.840.113635.100.8.9.1 (serial number)",
+        });
+    }
+    if let Some(udid) = ext_text(leaf, OID_APPLE_UDID)? {
+        identifiers.push(DeviceIdentifier::PermanentIdentifier {
+            value: udid,
+            assigner: None,
+            source: "apple 1.2.840.113635.100.8.9.2 (UDID)",
+        });
+    }
+    if identifiers.is_empty() {
+        return err(
+            Rule::AppleIdentifierMissing,
+            "apple: the leaf carries neither a serial number (100.8.9.1) nor a UDID (100.8.9.2)",
+        );
+    }
+    Ok(identifiers)
+}
+
+/// The recorded properties: (OS version, sepOS version, LLB version, model).
+type Properties = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn properties(leaf: &X509Certificate<'_>) -> Result<Properties, AttestError> {
+    Ok((
+        ext_text(leaf, OID_APPLE_OS_VERSION)?,
+        ext_text(leaf, OID_APPLE_SEP_OS_VERSION)?,
+        ext_text(leaf, OID_APPLE_LLB_VERSION)?,
+        ext_text(leaf, OID_APPLE_9_4)?,
+    ))
+}
+
+impl AppleVerifier {
+    /// The checks of Apple Managed Device Attestation ([`CHECKS`]).
+    pub(crate) fn run(
+        &self,
+        att: &AttObj,
+        binding: Binding<'_>,
+        now: SystemTime,
+        run: &mut Run,
+    ) -> Result<Findings, AttestError> {
+        let mut found = Findings::new("Apple");
+        found.details.manufacturer = Some("Apple".into());
+        run.check(&FMT, super::check_fmt(att, "apple"))?;
+        let x5c = att.att_stmt.x5c("apple");
+        found.chain = run.check(
+            &CHAIN,
+            x5c.clone().and_then(|x5c| {
+                chain::verify_chain(
+                    "apple",
+                    &x5c,
+                    &self.intermediates,
+                    &self.roots,
+                    now,
+                    &ChainPolicy::default(),
+                )
+            }),
+        )?;
+        // Parsed on its own so that its properties are reported even when the chain fails.
+        let leaf = x5c
+            .ok()
+            .and_then(|x5c| chain::parse_certificate(x5c[0], "apple: x5c[0]").ok());
+        if let Some(leaf) = &leaf {
+            found.public_key_spki = Some(leaf.public_key().raw.to_vec());
+        }
+        let leaf = need(leaf.as_ref(), "a parsed x5c[0]");
+        run.check_with(&LEAF_NOT_CA, leaf, Rule::LeafIsCa, |leaf| {
+            super::check_leaf_not_ca("apple", leaf)
+        })?;
+        let nonce = run.check_with(
+            &FRESHNESS_PRESENT,
+            leaf,
+            Rule::AppleFreshnessMissing,
+            freshness_code,
+        )?;
+        let freshness_input = (|| -> Result<_, Need> {
+            let nonce = need(nonce, FRESHNESS_PRESENT.name)?;
+            if binding == Binding::None {
+                return Err(Need::Challenge(&[
+                    ChallengeForm::KeyAuthorization,
+                    ChallengeForm::Token,
+                    ChallengeForm::Expected,
+                ]));
+            }
+            Ok(nonce)
+        })();
+        run.check_with(
+            &FRESHNESS,
+            freshness_input,
+            Rule::AppleFreshnessMismatch,
+            |nonce| check_freshness(nonce, binding),
+        )?;
+        if let Some(ids) = run.check_with(
+            &IDENTIFIERS,
+            leaf,
+            Rule::AppleIdentifierMissing,
+            identifiers,
+        )? {
+            found.identifiers = ids;
+        }
+        if let Some((os, sep_os, llb, model)) =
+            run.check_with(&PROPERTIES, leaf, Rule::AppleExtension, properties)?
+        {
+            found.details.os_version = os;
+            found.details.sep_os_version = sep_os;
+            if let Some(v) = llb {
+                found.details.extra.insert("apple.llbVersion".into(), v);
+            }
+            found.details.model = model;
+        }
+        Ok(found)
+    }
+}
+
 impl AttestationFormat for AppleVerifier {
     fn fmt(&self) -> &'static str {
         "apple"
@@ -93,76 +307,13 @@ impl AttestationFormat for AppleVerifier {
         key_authorization: &[u8],
         now: SystemTime,
     ) -> Result<Attested, AttestError> {
-        super::check_fmt(att, "apple")?;
-        let x5c = att.att_stmt.x5c("apple")?;
-        let path = chain::verify_chain(
-            "apple",
-            &x5c,
-            &self.intermediates,
-            &self.roots,
+        self.run(
+            att,
+            Binding::KeyAuthorization(key_authorization),
             now,
-            &ChainPolicy::default(),
-        )?;
-        let leaf = chain::parse_certificate(x5c[0], "apple: x5c[0]")?;
-        super::check_leaf_not_ca("apple", &leaf)?;
-
-        // Freshness: the nonce extension equals SHA-256(token). Mandatory.
-        let Some(nonce) = ext_value(&leaf, OID_APPLE_NONCE) else {
-            return err(
-                Rule::AppleFreshnessMissing,
-                "apple: the leaf has no freshness code 1.2.840.113635.100.8.11.1; an attestation without it could be a replay, refused",
-            );
-        };
-        let expected = ring::digest::digest(&ring::digest::SHA256, token_of(key_authorization));
-        if nonce != expected.as_ref() {
-            return err(
-                Rule::AppleFreshnessMismatch,
-                "apple: freshness code 1.2.840.113635.100.8.11.1 is not SHA-256 of the challenge token",
-            );
-        }
-
-        let mut identifiers = Vec::new();
-        if let Some(serial) = ext_text(&leaf, OID_APPLE_SERIAL)? {
-            identifiers.push(DeviceIdentifier::PermanentIdentifier {
-                value: serial,
-                assigner: None,
-                source: "apple 1.2.840.113635.100.8.9.1 (serial number)",
-            });
-        }
-        if let Some(udid) = ext_text(&leaf, OID_APPLE_UDID)? {
-            identifiers.push(DeviceIdentifier::PermanentIdentifier {
-                value: udid,
-                assigner: None,
-                source: "apple 1.2.840.113635.100.8.9.2 (UDID)",
-            });
-        }
-        if identifiers.is_empty() {
-            return err(
-                Rule::AppleIdentifierMissing,
-                "apple: the leaf carries neither a serial number (100.8.9.1) nor a UDID (100.8.9.2)",
-            );
-        }
-
-        let mut details = Details {
-            platform: "Apple".into(),
-            manufacturer: Some("Apple".into()),
-            os_version: ext_text(&leaf, OID_APPLE_OS_VERSION)?,
-            sep_os_version: ext_text(&leaf, OID_APPLE_SEP_OS_VERSION)?,
-            ..Details::default()
-        };
-        if let Some(v) = ext_text(&leaf, OID_APPLE_LLB_VERSION)? {
-            details.extra.insert("apple.llbVersion".into(), v);
-        }
-        if let Some(v) = ext_text(&leaf, OID_APPLE_9_4)? {
-            details.model = Some(v);
-        }
-        Ok(Attested {
-            format: "apple",
-            identifiers,
-            public_key_spki: leaf.public_key().raw.to_vec(),
-            chain: path,
-            details,
-        })
+            &mut Run::verify(),
+        )?
+        .into_attested("apple", Rule::CertParse)
     }
 }
 

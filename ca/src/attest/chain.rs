@@ -343,6 +343,15 @@ pub fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeyKind> {
     }
 }
 
+/// The kind of the key of a SubjectPublicKeyInfo given as DER (RFC 5280 §4.1.2.7), or `None`
+/// if it does not parse completely or is of another kind.
+pub fn spki_key_kind(der: &[u8]) -> Option<KeyKind> {
+    match SubjectPublicKeyInfo::from_der(der) {
+        Ok(([], spki)) => key_kind(&spki),
+        _ => None,
+    }
+}
+
 /// Verifies `sig` over `msg` with the key of `spki` under `alg`.
 pub(crate) fn verify_with(
     spki: &SubjectPublicKeyInfo<'_>,

@@ -10,6 +10,11 @@
 //! - [`apple`]: `fmt = "apple"` (Apple Managed Device Attestation).
 //! - [`step`]: `fmt = "step"` (YubiKey PIV attestation, as step-ca defines it).
 //!
+//! - [`checks`]: each format's procedure is a sequence of named checks, run once by
+//!   `verify` (stop at the first failure) and once by [`inspect`] (record every outcome), so
+//!   the two cannot disagree.
+//! - [`inspect`]: every check a given input allows, for operators debugging an enrollment.
+//!
 //! Every refusal is an [`AttestError`] whose [`Rule`] names the check that failed and whose text
 //! cites where the rule comes from; the ACME layer maps any of them to
 //! `badAttestationStatement` (draft-ietf-acme-device-attest §5) with that text as detail.
@@ -17,7 +22,9 @@
 pub mod apple;
 pub mod attobj;
 pub mod chain;
+pub mod checks;
 pub(crate) mod der;
+pub mod inspect;
 pub mod step;
 pub mod tpm;
 
@@ -97,6 +104,69 @@ impl Verifiers {
                 ),
             )),
         }
+    }
+}
+
+/// What the statement must be bound to: the challenge, in whichever form the caller knows it.
+/// The CA always has the key authorization; an operator running [`inspect`] may have less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// The key authorization `token "." thumbprint` (RFC 8555 §8.1); for the WebAuthn test
+    /// vectors, attToBeSigned (`authData || clientDataHash`, WebAuthn §8.3).
+    KeyAuthorization(&'a [u8]),
+    /// Only the challenge token: enough for Apple's freshness code, not for TPM or step.
+    Token(&'a [u8]),
+    /// The value the statement should carry itself: TPM `certInfo.extraData`, or Apple's
+    /// freshness code (1.2.840.113635.100.8.11.1).
+    Expected(&'a [u8]),
+    /// Nothing: the checks that need the challenge are skipped (inspect only).
+    None,
+}
+
+/// What a run of a format's checks found, check by check. Complete ([`Attested`]) only when
+/// every check passed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub identifiers: Vec<DeviceIdentifier>,
+    /// The attested key (SubjectPublicKeyInfo DER), once established.
+    pub public_key_spki: Option<Vec<u8>>,
+    /// The verified chain, leaf first, once verified.
+    pub chain: Option<Vec<Vec<u8>>>,
+    pub details: Details,
+}
+
+impl Findings {
+    pub(crate) fn new(platform: &str) -> Self {
+        Self {
+            details: Details {
+                platform: platform.into(),
+                ..Details::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The [`Attested`] of a verify run. A verify run that returned has passed every check,
+    /// and every check that establishes the chain or the key has put it here; a missing one
+    /// is refused anyway (`key_rule`), never passed.
+    pub(crate) fn into_attested(
+        self,
+        format: &'static str,
+        key_rule: Rule,
+    ) -> Result<Attested, AttestError> {
+        let Some(chain) = self.chain else {
+            return err(Rule::ChainEmpty, format!("{format}: no verified chain"));
+        };
+        let Some(public_key_spki) = self.public_key_spki else {
+            return err(key_rule, format!("{format}: no attested key"));
+        };
+        Ok(Attested {
+            format,
+            identifiers: self.identifiers,
+            public_key_spki,
+            chain,
+            details: self.details,
+        })
     }
 }
 
@@ -241,6 +311,8 @@ pub enum Rule {
     StepAlgorithm,
     StepSignature,
     StepKeyType,
+    // The dev-only unattested software key (acme::challenge::unattested).
+    UnattestedSignature,
 }
 
 /// A refused attestation: the rule that failed and a sentence naming it with its source.

@@ -163,6 +163,11 @@ impl LifetimePolicy {
         })
     }
 
+    /// The longest lifetime allowed.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     pub fn check(&self, lifetime: Duration) -> Result<(), String> {
         if lifetime < self.min {
             return Err(format!(

@@ -3,6 +3,7 @@
 //! with its history row) are single transactions, so a crash leaves either all or nothing.
 
 mod acme;
+mod enroll;
 mod inventory;
 mod revocations;
 mod sqlite;
@@ -11,6 +12,7 @@ pub use acme::{
     AccountRecord, AcmeStore, AuthzRecord, CertRecord, ChallengeRecord, DeviceAttestation, NewCert,
     NewOrder, OrderRecord,
 };
+pub use enroll::{EkBinding, EkConflict, EkOrigin, EnrollmentRecord};
 pub use inventory::{
     revocation_reason, Device, DeviceChange, HistoryEntry, NewDevice, StatusChange,
     REASON_CERTIFICATE_HOLD, REASON_CESSATION_OF_OPERATION,

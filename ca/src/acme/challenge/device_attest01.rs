@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{ChallengeValidator, ValidationFuture, ValidationRequest};
 use crate::acme::model::Identifier;
 use crate::acme::problem::{Problem, ProblemType};
-use crate::attest::{attobj, Attested, Verifiers};
+use crate::attest::{attobj, Attested, DeviceIdentifier, Verifiers};
 use crate::clock::Clock;
 
 pub const KIND: &str = "device-attest-01";
@@ -74,13 +74,28 @@ impl DeviceAttest01 {
             tracing::warn!(rule = ?e.rule, identifier = %request.identifier.value, "device-attest-01 refused: {e}");
             bad(e.detail)
         })?;
-        let attested = self
+        let mut attested = self
             .verifiers
             .verify(&att, request.key_authorization.as_bytes(), self.clock.now())
             .map_err(|e| {
                 tracing::warn!(rule = ?e.rule, fmt = %att.fmt, identifier = %request.identifier.value, "device-attest-01 refused: {e}");
                 bad(e.detail)
             })?;
+        if attested.format == super::unattested::FMT {
+            // Registered only behind `allow_unattested` (development): the order's identifier
+            // is taken as claimed, and the format marks every certificate issued on it.
+            if request.identifier.kind == PERMANENT_IDENTIFIER {
+                let (value, assigner) = match request.identifier.value.rsplit_once('/') {
+                    Some((v, a)) => (v.to_string(), Some(a.to_string())),
+                    None => (request.identifier.value.clone(), None),
+                };
+                attested.identifiers = vec![DeviceIdentifier::PermanentIdentifier {
+                    value,
+                    assigner,
+                    source: "the order (unattested: the client's claim)",
+                }];
+            }
+        }
         // draft-ietf-acme-device-attest §5: the identifier in the attestation must match the
         // identifier of the authorization.
         let matches = attested.identifiers.iter().any(|id| {

@@ -9,6 +9,7 @@
 
 pub mod device_attest01;
 pub mod http01;
+pub mod unattested;
 
 use std::collections::BTreeMap;
 use std::future::Future;
