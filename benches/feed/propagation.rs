@@ -14,8 +14,6 @@
 //!   attempt, i.e. a TCP + mTLS handshake + request, reported below).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,17 +21,13 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use portcullis::demo_upstream::DemoUpstream;
-use portcullis::devpki::{self, DeviceSpec};
 use portcullis_ca::admin_api::client::{AdminClient, Credential};
-use portcullis_gateway::CancellationToken;
 use portcullis_policy::DeviceStatus;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::util::{ms, summary_ms};
-use crate::common::{
-    free_port, metric_value, rustls_client, Cred, Gateway, BIN, START_TIMEOUT, TRUST_DOMAIN,
-};
+use crate::common::feed::{admin_token, ws_closed, Lab};
+use crate::common::{metric_value, Gateway, BIN};
 use crate::sys;
 
 pub struct Options {
@@ -42,235 +36,8 @@ pub struct Options {
 }
 
 const DEVICE: &str = "dev-alice";
-const TOKEN_CHAR: &str = "t";
 /// A cut or a re-admission slower than this counts as failed (and is recorded at this value).
 const LIMIT: Duration = Duration::from_secs(5);
-
-/// The CA, as its own `portcullis serve` process; killed on drop.
-struct CaProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl CaProcess {
-    fn start(config: &Path, log: &Path, port: u16) -> Self {
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).expect("CA log"))
-            .spawn()
-            .expect("start the CA");
-        let mut ca = Self {
-            child,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-            || !ca.log_text().contains("CA listening")
-        {
-            if let Ok(Some(status)) = ca.child.try_wait() {
-                panic!("the CA exited with {status}; log:\n{}", ca.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the CA did not start; log:\n{}",
-                ca.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ca
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for CaProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn portcullis(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run portcullis");
-    assert!(
-        out.status.success(),
-        "portcullis {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The temp dir, the CA's config and PKI, the device and server certificates.
-struct Lab {
-    dir: tempfile::TempDir,
-    ca_config: PathBuf,
-    ca_port: u16,
-    bundle: PathBuf,
-    device: Cred,
-    server: Cred,
-    upstream: SocketAddr,
-}
-
-impl Lab {
-    fn new(rt: &tokio::runtime::Runtime, stop: &CancellationToken) -> (Self, CaProcess) {
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-feed-bench-")
-            .tempdir()
-            .unwrap();
-        let ca_port = free_port();
-        let tokens = dir.path().join("admin.tokens");
-        devpki::write_private(&tokens, &format!("admin {}\n", TOKEN_CHAR.repeat(40))).unwrap();
-        let ca_config = dir.path().join("ca.toml");
-        std::fs::write(
-            &ca_config,
-            format!(
-                r#"[trust]
-trust_domain = "{TRUST_DOMAIN}"
-
-[log]
-format = "json"
-level = "info"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[ca]
-listen = "127.0.0.1:{ca_port}"
-base_url = "https://127.0.0.1:{ca_port}"
-data_dir = "{data}"
-
-[ca.admin_api]
-tokens_file = "{tokens}"
-"#,
-                data = dir.path().join("ca").display(),
-                tokens = tokens.display(),
-            ),
-        )
-        .unwrap();
-        let ca = CaProcess::start(&ca_config, &dir.path().join("ca.log"), ca_port);
-        let pki = dir.path().join("ca/pki");
-        let issuing =
-            devpki::Ca::load(&pki.join("intermediate.pem"), &pki.join("intermediate.key"))
-                .expect("the CA's intermediate");
-        let device = Cred {
-            cert: dir.path().join("device.pem"),
-            key: dir.path().join("device.key"),
-        };
-        issuing
-            .issue_device(&DeviceSpec::new(DEVICE, TRUST_DOMAIN))
-            .unwrap()
-            .write(&device.cert, &device.key)
-            .unwrap();
-        let server = Cred {
-            cert: dir.path().join("server.pem"),
-            key: dir.path().join("server.key"),
-        };
-        issuing
-            .issue_server(&[])
-            .unwrap()
-            .write(&server.cert, &server.key)
-            .unwrap();
-        let upstream = rt
-            .block_on(DemoUpstream::spawn(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                stop.clone(),
-            ))
-            .unwrap();
-        let lab = Self {
-            bundle: pki.join("bundle.pem"),
-            dir,
-            ca_config,
-            ca_port,
-            device,
-            server,
-            upstream,
-        };
-        let config = lab.ca_config.to_str().unwrap().to_string();
-        portcullis(&[
-            "inventory",
-            "--config",
-            &config,
-            "add",
-            DEVICE,
-            "--tag",
-            "eng",
-        ]);
-        (lab, ca)
-    }
-
-    /// A gateway process following the CA's feed, as in tests/status_feed.rs.
-    fn gateway(&self, name: &str, mode: &str) -> Gateway {
-        let out = self.dir.path().join("nodes");
-        portcullis(&[
-            "ca",
-            "node-cert",
-            name,
-            "--config",
-            self.ca_config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let config = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"[trust]
-trust_domain = "{TRUST_DOMAIN}"
-roots = ["{bundle}"]
-
-[status_feed]
-url = "https://127.0.0.1:{port}/feed/v1/status"
-ca_roots = "{bundle}"
-cert = "{nodes}/{name}.pem"
-key = "{nodes}/{name}.key"
-max_staleness = "2s"
-mode = "{mode}"
-
-[log]
-format = "json"
-level = "info"
-
-[audit]
-sink = "{audit}"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[gateway]
-listen = "127.0.0.1:0"
-cert = "{cert}"
-key = "{key}"
-worker_threads = 2
-
-[[gateway.routes]]
-name = "app"
-from = "localhost"
-to = "http://{upstream}"
-allow = [{{ tag = "eng" }}]
-"#,
-                bundle = self.bundle.display(),
-                port = self.ca_port,
-                nodes = out.display(),
-                audit = self.dir.path().join(format!("{name}.audit")).display(),
-                cert = self.server.cert.display(),
-                key = self.server.key.display(),
-                upstream = self.upstream,
-            ),
-        )
-        .unwrap();
-        Gateway::start(&config, &self.dir.path().join(format!("{name}.log")))
-    }
-}
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 type Ws =
@@ -335,15 +102,6 @@ async fn websocket(config: Arc<rustls::ClientConfig>, gw: SocketAddr) -> Option<
     match tokio::time::timeout(LIMIT, ws.next()).await {
         Ok(Some(Ok(m))) if m == Message::text("ping") => Some(ws),
         _ => None,
-    }
-}
-
-async fn ws_closed(ws: &mut Ws) {
-    loop {
-        match ws.next().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(_)) => continue,
-        }
     }
 }
 
@@ -442,25 +200,20 @@ fn ticks(ca: u32, gws: &[u32]) -> Ticks {
 
 pub fn run(o: &Options) {
     let machine = sys::Machine::probe();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stop = CancellationToken::new();
-    let (lab, ca) = Lab::new(&rt, &stop);
+    let (lab, ca) = Lab::new(&[("device", DEVICE)]);
+    let rt = &lab.rt;
     let gateways = [
         lab.gateway("gw-1", "best_effort"),
         lab.gateway("gw-2", "best_effort"),
         lab.gateway("gw-3", "strict"),
     ];
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
-    let client = rustls_client(&lab.bundle, Some(&lab.device));
+    let client = lab.client("device");
     let admin = rt.block_on(async {
         AdminClient::new(
             &format!("https://127.0.0.1:{}", lab.ca_port),
             &lab.bundle,
-            Credential::Token(TOKEN_CHAR.repeat(40)),
+            Credential::Token(admin_token()),
         )
         .expect("admin API client")
     });
@@ -699,5 +452,4 @@ pub fn run(o: &Options) {
     println!();
     drop(gateways);
     drop(ca);
-    stop.cancel();
 }

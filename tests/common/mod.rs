@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod feed;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
