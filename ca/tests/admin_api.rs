@@ -891,3 +891,103 @@ async fn curl_with_a_token_and_with_a_client_certificate() {
     let (rc, code, _) = run(vec![url("/acme/directory")]);
     assert_eq!((rc, code.as_str()), (0, "200"));
 }
+
+#[tokio::test]
+async fn an_operator_pins_and_unbinds_a_devices_tpm_endorsement_key() {
+    let lab = Lab::start().await;
+    let client = lab.token_client();
+    client.put(&laptop("SN-1")).await.unwrap();
+    client.put(&laptop("SN-2")).await.unwrap();
+    let auth = bearer();
+    let json = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let ek = "ab".repeat(32);
+    let pin = |hash: &str| {
+        format!(r#"{{"ek_sha256": "{hash}", "reason": "TPM from the asset register"}}"#)
+    };
+
+    let (status, _, body) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/SN-1/eks",
+            &json,
+            pin(&ek.to_uppercase()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["eks"][0]["ek_sha256"], ek, "normalised to lowercase");
+    assert_eq!(body["eks"][0]["origin"], "pinned");
+    let (status, _, body) = lab
+        .raw(
+            Method::GET,
+            "/admin/v1/devices/SN-1/eks",
+            &json[..1],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["eks"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+
+    // One TPM, one device.
+    let (status, headers, body) = lab
+        .raw(Method::POST, "/admin/v1/devices/SN-2/eks", &json, pin(&ek))
+        .await;
+    assert_problem(status, &headers, &body, 409, "conflict");
+    // Malformed, unknown device, no reason, no credential.
+    let (status, headers, body) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/SN-1/eks",
+            &json,
+            pin("abc"),
+        )
+        .await;
+    assert_problem(status, &headers, &body, 422, "invalid-device");
+    let (status, headers, body) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/NOPE/eks",
+            &json,
+            pin(&"cd".repeat(32)),
+        )
+        .await;
+    assert_problem(status, &headers, &body, 404, "not-found");
+    let (status, headers, body) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/SN-1/eks",
+            &json,
+            format!(r#"{{"ek_sha256": "{ek}", "reason": " "}}"#),
+        )
+        .await;
+    assert_problem(status, &headers, &body, 422, "invalid-device");
+    let (status, _, _) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/SN-1/eks",
+            &json[1..],
+            pin(&ek),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // The TPM was replaced: unbind, and the device may bind a new one.
+    let (status, _, body) = lab
+        .raw(
+            Method::POST,
+            "/admin/v1/devices/SN-1/eks/unbind",
+            &json,
+            r#"{"reason": "mainboard swapped"}"#,
+        )
+        .await;
+    assert_eq!((status, body["removed"].as_u64()), (200, Some(1)), "{body}");
+    assert!(lab.ca.store.device_eks("SN-1").unwrap().is_empty());
+    let (status, _, _) = lab
+        .raw(Method::POST, "/admin/v1/devices/SN-2/eks", &json, pin(&ek))
+        .await;
+    assert_eq!(status, 200, "the EK is free again");
+}

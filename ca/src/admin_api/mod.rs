@@ -136,6 +136,8 @@ impl AdminApi {
             .route("/devices", get(list_devices))
             .route("/devices/{id}", get(show_device).put(put_device))
             .route("/devices/{id}/status", post(set_status))
+            .route("/devices/{id}/eks", get(list_eks).post(pin_ek))
+            .route("/devices/{id}/eks/unbind", post(unbind_eks))
             .route("/import", post(import_devices))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -241,6 +243,9 @@ impl From<StoreError> for ApiProblem {
                 "Not found",
                 format!("no such {what}"),
             ),
+            StoreError::Conflict(detail) => {
+                Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
             e => {
                 // Database errors are for the log, not for clients.
                 tracing::error!(error = %e, "admin API storage failure");
@@ -596,6 +601,135 @@ async fn set_status(
     };
     let (_, result) = device_result(device_change);
     Ok(json(StatusCode::OK, &result))
+}
+
+/// `POST /devices/{id}/eks`: pin a TPM endorsement key to a device.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinEkRequest {
+    /// SHA-256 of the EK's SubjectPublicKeyInfo DER, hex: `openssl x509 -in ek.pem -pubkey
+    /// -noout | openssl pkey -pubin -outform der | sha256sum`.
+    ek_sha256: String,
+    reason: String,
+}
+
+/// `POST /devices/{id}/eks/unbind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnbindEksRequest {
+    reason: String,
+}
+
+#[derive(serde::Serialize)]
+struct EkView {
+    ek_sha256: String,
+    /// `enrolled` (bound by a first enrollment) or `pinned` (by an operator).
+    origin: &'static str,
+    tpm_manufacturer: Option<String>,
+    tpm_model: Option<String>,
+    tpm_version: Option<String>,
+    created_at: i64,
+    enrolled_at: Option<i64>,
+}
+
+async fn list_eks(
+    State(api): State<Arc<AdminApi>>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let id = path_id(path)?;
+    if import::check_device_id(&id).is_err() {
+        return Err(ApiProblem::no_device(&id));
+    }
+    let inv = api.inventory.clone();
+    let key = id.clone();
+    let eks = blocking(move || {
+        if inv.device(&key)?.is_none() {
+            return Ok(None);
+        }
+        inv.device_eks(&key).map(Some)
+    })
+    .await?
+    .ok_or_else(|| ApiProblem::no_device(&id))?;
+    let view: Vec<EkView> = eks
+        .into_iter()
+        .map(|b| EkView {
+            ek_sha256: b.ek_hash,
+            origin: b.origin.as_str(),
+            tpm_manufacturer: b.tpm_manufacturer,
+            tpm_model: b.tpm_model,
+            tpm_version: b.tpm_version,
+            created_at: b.created_at,
+            enrolled_at: b.enrolled_at,
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "eks": view })))
+}
+
+async fn pin_ek(
+    State(api): State<Arc<AdminApi>>,
+    Extension(actor): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let id = path_id(path)?;
+    require_json(&headers)?;
+    let body = read_body(body, MAX_BODY).await?;
+    let req: PinEkRequest = parse_json(&body)?;
+    if import::check_device_id(&id).is_err() {
+        return Err(ApiProblem::no_device(&id));
+    }
+    check_reason(&req.reason)?;
+    let hash = req.ek_sha256.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiProblem::invalid_device(
+            "ek_sha256: 64 hex digits, the SHA-256 of the EK's SubjectPublicKeyInfo DER",
+        ));
+    }
+    let inv = api.inventory.clone();
+    let key = id.clone();
+    blocking(move || inv.pin_ek(&key, &hash, &actor.name, &req.reason))
+        .await
+        .map_err(|p| {
+            if p.status == StatusCode::NOT_FOUND {
+                ApiProblem::no_device(&id)
+            } else {
+                p
+            }
+        })?;
+    list_eks(State(api), Ok(Path(id))).await
+}
+
+async fn unbind_eks(
+    State(api): State<Arc<AdminApi>>,
+    Extension(actor): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let id = path_id(path)?;
+    require_json(&headers)?;
+    let body = read_body(body, MAX_BODY).await?;
+    let req: UnbindEksRequest = parse_json(&body)?;
+    if import::check_device_id(&id).is_err() {
+        return Err(ApiProblem::no_device(&id));
+    }
+    check_reason(&req.reason)?;
+    let inv = api.inventory.clone();
+    let key = id.clone();
+    let removed = blocking(move || inv.unbind_eks(&key, &actor.name, &req.reason))
+        .await
+        .map_err(|p| {
+            if p.status == StatusCode::NOT_FOUND {
+                ApiProblem::no_device(&id)
+            } else {
+                p
+            }
+        })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "removed": removed }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -25,8 +25,8 @@
 //! What this does not prove: that the `device_id` the agent names is the machine the TPM is in.
 //! The first enrollment with a genuine TPM binds that TPM to the device (trust on first
 //! enrollment); after that only that TPM can enrol as the device. Where the first enrollment
-//! must be proven too, an operator pins the device's EK before it enrols
-//! ([`crate::store::SqliteStore::pin_device_ek`]). Sessions live in this process's memory: with
+//! must be proven too, an operator pins the device's EK before it enrols (admin API
+//! `POST /admin/v1/devices/{id}/eks`, docs/admin-api.md). Sessions live in this process's memory: with
 //! several CA nodes, `finish` must reach the node that served `start`.
 
 pub mod ak;

@@ -90,6 +90,53 @@ impl Inventory {
         self.store.device_history(id)
     }
 
+    /// The TPM endorsement keys bound or pinned to a device (open TPM enrollment, `enroll`).
+    pub fn device_eks(&self, id: &str) -> Result<Vec<crate::store::EkBinding>, StoreError> {
+        self.store.device_eks(id)
+    }
+
+    /// Pins an EK (SHA-256 of its SubjectPublicKeyInfo, lowercase hex) to a device: it then
+    /// enrolls only with that TPM, so its first enrollment is proven too (no trust on first
+    /// enrollment). Audited like every inventory change.
+    pub fn pin_ek(
+        &self,
+        id: &str,
+        ek_sha256: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .pin_device_ek(id, ek_sha256, unix_seconds(self.clock.now()))?;
+        tracing::info!(
+            target: AUDIT_TARGET,
+            actor,
+            action = "pin_ek",
+            device = id,
+            ek_sha256,
+            reason,
+            "inventory change"
+        );
+        Ok(())
+    }
+
+    /// Forgets every EK of a device (its TPM was replaced); the next enrollment binds anew.
+    pub fn unbind_eks(&self, id: &str, actor: &str, reason: &str) -> Result<usize, StoreError> {
+        if self.store.device(id)?.is_none() {
+            return Err(StoreError::NotFound("device"));
+        }
+        let removed = self.store.unbind_device_eks(id)?;
+        tracing::info!(
+            target: AUDIT_TARGET,
+            actor,
+            action = "unbind_eks",
+            device = id,
+            removed,
+            reason,
+            "inventory change"
+        );
+        Ok(removed)
+    }
+
     /// Applies parsed import rows in one transaction (see
     /// [`SqliteStore::upsert_devices_with`]); with `dry_run` the same transaction is rolled
     /// back, so the outcome is exactly what applying would do. Devices new to the inventory
