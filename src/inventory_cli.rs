@@ -51,6 +51,20 @@ pub enum Action {
         status: DeviceStatus,
         reason: String,
     },
+    /// The TPM endorsement keys of a device (open TPM enrollment).
+    Eks {
+        id: String,
+        json: bool,
+    },
+    PinEk {
+        id: String,
+        ek_sha256: String,
+        reason: String,
+    },
+    UnbindEks {
+        id: String,
+        reason: String,
+    },
 }
 
 /// Runs one action and returns what to print on stdout.
@@ -90,6 +104,26 @@ pub async fn run(target: &Target, action: Action) -> anyhow::Result<String> {
         Action::SetStatus { id, status, reason } => {
             result(&client.set_status(&id, status, &reason).await?)
         }
+        Action::Eks { id, json } => {
+            let list = client.eks(&id).await?;
+            if json {
+                serde_json::to_string_pretty(&list)? + "\n"
+            } else {
+                ek_table(&list)
+            }
+        }
+        Action::PinEk {
+            id,
+            ek_sha256,
+            reason,
+        } => ek_table(&client.pin_ek(&id, &ek_sha256, &reason).await?),
+        Action::UnbindEks { id, reason } => {
+            let r = client.unbind_eks(&id, &reason).await?;
+            format!(
+                "{id}: {} EK(s) forgotten; its next enrollment binds anew\n",
+                r.removed
+            )
+        }
         Action::Import {
             file,
             format,
@@ -110,6 +144,27 @@ pub async fn run(target: &Target, action: Action) -> anyhow::Result<String> {
             }
         }
     })
+}
+
+fn ek_table(list: &portcullis_ca::admin_api::model::EkList) -> String {
+    if list.eks.is_empty() {
+        return "no EK bound or pinned: the first genuine TPM to enroll binds\n".into();
+    }
+    let mut s = String::new();
+    for ek in &list.eks {
+        let _ = writeln!(
+            s,
+            "{}  {:<8}  {}",
+            ek.ek_sha256,
+            ek.origin,
+            [&ek.tpm_manufacturer, &ek.tpm_model, &ek.tpm_version]
+                .iter()
+                .filter_map(|v| v.as_deref())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    s
 }
 
 fn connect(target: &Target) -> anyhow::Result<AdminClient> {

@@ -178,6 +178,28 @@ enum InventoryCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The TPM endorsement keys (EKs) bound or pinned to a device.
+    Eks {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a TPM's endorsement key to a device before it enrolls, so its first enrollment is
+    /// proven, not trusted. EK_SHA256: `openssl x509 -in ek.pem -pubkey -noout | openssl pkey
+    /// -pubin -outform der | sha256sum`.
+    PinEk {
+        id: String,
+        #[arg(value_name = "EK_SHA256")]
+        ek_sha256: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Forget every EK of a device (its TPM was replaced).
+    UnbindEks {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Change a device's status. Leaving `active` revokes its certificates and cuts its live
     /// connections at every enforcement point.
     SetStatus {
@@ -385,6 +407,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 InventoryCommand::SetStatus { id, status, reason } => {
                     inventory_cli::Action::SetStatus { id, status, reason }
+                }
+                InventoryCommand::Eks { id, json } => inventory_cli::Action::Eks { id, json },
+                InventoryCommand::PinEk {
+                    id,
+                    ek_sha256,
+                    reason,
+                } => inventory_cli::Action::PinEk {
+                    id,
+                    ek_sha256,
+                    reason,
+                },
+                InventoryCommand::UnbindEks { id, reason } => {
+                    inventory_cli::Action::UnbindEks { id, reason }
                 }
             };
             let out = tokio::runtime::Builder::new_current_thread()

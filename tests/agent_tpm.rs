@@ -407,6 +407,18 @@ fn inventory_add_agent_enrolls_with_swtpm_gateway_admits_then_quarantine_refuses
         stdout.contains(&format!("key:         handle:{KEY_HANDLE}")),
         "{stdout}"
     );
+    // The enrollment bound this TPM's EK to the device; an operator can see it and pin it
+    // (from then on only this TPM may enroll as the device).
+    let eks: serde_json::Value =
+        serde_json::from_str(&lab.inventory(&["eks", DEVICE, "--json"])).unwrap();
+    assert_eq!(eks["eks"][0]["origin"], "enrolled", "{eks}");
+    assert!(eks["eks"][0]["enrolled_at"].is_i64(), "{eks}");
+    let ek = eks["eks"][0]["ek_sha256"].as_str().unwrap().to_string();
+    let pinned = lab.inventory(&["pin-ek", DEVICE, &ek, "--reason", "asset register"]);
+    assert!(
+        pinned.contains(&ek) && pinned.contains("pinned"),
+        "{pinned}"
+    );
     let chain = out.join("cert.pem");
     assert_eq!(
         std::fs::read_to_string(out.join("key.ref")).unwrap(),

@@ -23,8 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use super::model::{
-    DeviceDetail, DeviceList, DeviceResult, DeviceView, ImportReport, ProblemDocument, PutDevice,
-    StatusRequest,
+    DeviceDetail, DeviceList, DeviceResult, DeviceView, EkList, ImportReport, PinEkRequest,
+    ProblemDocument, PutDevice, StatusRequest, UnbindEksRequest, UnbindEksResult,
 };
 use crate::inventory::import::{check_device_id, ImportFormat};
 use crate::pki::pem;
@@ -261,6 +261,56 @@ impl AdminClient {
         self.call(
             Method::POST,
             format!("/admin/v1/devices/{id}/status"),
+            Some("application/json"),
+            body.into(),
+        )
+        .await
+    }
+
+    /// `GET /admin/v1/devices/{id}/eks`.
+    pub async fn eks(&self, id: &str) -> Result<EkList, ClientError> {
+        check_device_id(id).map_err(ClientError::InvalidId)?;
+        self.call(
+            Method::GET,
+            format!("/admin/v1/devices/{id}/eks"),
+            None,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// `POST /admin/v1/devices/{id}/eks`: pin the EK whose SPKI hashes to `ek_sha256`.
+    pub async fn pin_ek(
+        &self,
+        id: &str,
+        ek_sha256: &str,
+        reason: &str,
+    ) -> Result<EkList, ClientError> {
+        check_device_id(id).map_err(ClientError::InvalidId)?;
+        let body = serde_json::to_vec(&PinEkRequest {
+            ek_sha256: ek_sha256.to_string(),
+            reason: reason.to_string(),
+        })
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+        self.call(
+            Method::POST,
+            format!("/admin/v1/devices/{id}/eks"),
+            Some("application/json"),
+            body.into(),
+        )
+        .await
+    }
+
+    /// `POST /admin/v1/devices/{id}/eks/unbind`.
+    pub async fn unbind_eks(&self, id: &str, reason: &str) -> Result<UnbindEksResult, ClientError> {
+        check_device_id(id).map_err(ClientError::InvalidId)?;
+        let body = serde_json::to_vec(&UnbindEksRequest {
+            reason: reason.to_string(),
+        })
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+        self.call(
+            Method::POST,
+            format!("/admin/v1/devices/{id}/eks/unbind"),
             Some("application/json"),
             body.into(),
         )

@@ -603,35 +603,6 @@ async fn set_status(
     Ok(json(StatusCode::OK, &result))
 }
 
-/// `POST /devices/{id}/eks`: pin a TPM endorsement key to a device.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PinEkRequest {
-    /// SHA-256 of the EK's SubjectPublicKeyInfo DER, hex: `openssl x509 -in ek.pem -pubkey
-    /// -noout | openssl pkey -pubin -outform der | sha256sum`.
-    ek_sha256: String,
-    reason: String,
-}
-
-/// `POST /devices/{id}/eks/unbind`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UnbindEksRequest {
-    reason: String,
-}
-
-#[derive(serde::Serialize)]
-struct EkView {
-    ek_sha256: String,
-    /// `enrolled` (bound by a first enrollment) or `pinned` (by an operator).
-    origin: &'static str,
-    tpm_manufacturer: Option<String>,
-    tpm_model: Option<String>,
-    tpm_version: Option<String>,
-    created_at: i64,
-    enrolled_at: Option<i64>,
-}
-
 async fn list_eks(
     State(api): State<Arc<AdminApi>>,
     path: Result<Path<String>, PathRejection>,
@@ -650,19 +621,10 @@ async fn list_eks(
     })
     .await?
     .ok_or_else(|| ApiProblem::no_device(&id))?;
-    let view: Vec<EkView> = eks
-        .into_iter()
-        .map(|b| EkView {
-            ek_sha256: b.ek_hash,
-            origin: b.origin.as_str(),
-            tpm_manufacturer: b.tpm_manufacturer,
-            tpm_model: b.tpm_model,
-            tpm_version: b.tpm_version,
-            created_at: b.created_at,
-            enrolled_at: b.enrolled_at,
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({ "eks": view })))
+    let list = EkList {
+        eks: eks.iter().map(EkView::from).collect(),
+    };
+    Ok(json(StatusCode::OK, &list))
 }
 
 async fn pin_ek(
@@ -726,10 +688,7 @@ async fn unbind_eks(
                 p
             }
         })?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "removed": removed }),
-    ))
+    Ok(json(StatusCode::OK, &UnbindEksResult { removed }))
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use portcullis_config::DeviceStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::import::{FieldChange, RowError};
-use crate::store::{Device, HistoryEntry};
+use crate::store::{Device, EkBinding, HistoryEntry};
 
 /// A device as the API shows it. Times are RFC 3339, UTC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +120,60 @@ pub struct StatusRequest {
     pub status: DeviceStatus,
     /// Required, non-empty: it goes into the history and the audit log.
     pub reason: String,
+}
+
+/// `POST /admin/v1/devices/{id}/eks`: pin a TPM endorsement key to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinEkRequest {
+    /// SHA-256 of the EK's SubjectPublicKeyInfo DER, hex: `openssl x509 -in ek.pem -pubkey
+    /// -noout | openssl pkey -pubin -outform der | sha256sum`.
+    pub ek_sha256: String,
+    pub reason: String,
+}
+
+/// `POST /admin/v1/devices/{id}/eks/unbind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnbindEksRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnbindEksResult {
+    pub removed: usize,
+}
+
+/// The EKs of a device (`GET`/`POST /admin/v1/devices/{id}/eks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EkList {
+    pub eks: Vec<EkView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EkView {
+    pub ek_sha256: String,
+    /// `enrolled` (bound by a first enrollment) or `pinned` (by an operator).
+    pub origin: String,
+    pub tpm_manufacturer: Option<String>,
+    pub tpm_model: Option<String>,
+    pub tpm_version: Option<String>,
+    pub created_at: i64,
+    pub enrolled_at: Option<i64>,
+}
+
+impl From<&EkBinding> for EkView {
+    fn from(b: &EkBinding) -> Self {
+        Self {
+            ek_sha256: b.ek_hash.clone(),
+            origin: b.origin.as_str().to_string(),
+            tpm_manufacturer: b.tpm_manufacturer.clone(),
+            tpm_model: b.tpm_model.clone(),
+            tpm_version: b.tpm_version.clone(),
+            created_at: b.created_at,
+            enrolled_at: b.enrolled_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
