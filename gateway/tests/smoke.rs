@@ -525,9 +525,19 @@ async fn allowed_device_reaches_upstream_with_identity_and_others_are_refused() 
     // No certificate on a required listener: refused at the TLS layer.
     let anon = client(&f.root, None, false);
     assert!(get(&anon, addr, "/", &[]).await.is_err());
-    assert!(gw
-        .metric("portcullis_handshake_failures_total")
-        .contains("reason=\"no_certificate\""));
+    // The client can see the refusal (a TLS 1.3 alert after its Finished) before the
+    // server's handshake task has counted it: wait for the count.
+    let counted = async {
+        while !gw
+            .metric("portcullis_handshake_failures_total")
+            .contains("reason=\"no_certificate\"")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), counted)
+        .await
+        .expect("the refused handshake is counted");
 
     // HTTP/2 client: works, and the upstream gets HTTP/1.1.
     let c2 = client(&f.root, Some(&active), true);
