@@ -215,6 +215,15 @@ impl ApiProblem {
         )
     }
 
+    /// A store's bare "no such device" becomes one that names `id`.
+    fn naming_device(self, id: &str) -> Self {
+        if self.status == StatusCode::NOT_FOUND {
+            Self::no_device(id)
+        } else {
+            self
+        }
+    }
+
     fn no_device(id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -402,6 +411,33 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The device id of the path and the JSON body of a request that changes that device: the
+/// checks every such route makes, in the same order (a bad body is a 4xx before the id is
+/// looked at; an id that could never be stored is a 404).
+async fn device_change_request<T: serde::de::DeserializeOwned>(
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(String, T)> {
+    let id = path_id(path)?;
+    require_json(headers)?;
+    let body = read_body(body, MAX_BODY).await?;
+    let req: T = parse_json(&body)?;
+    if import::check_device_id(&id).is_err() {
+        return Err(ApiProblem::no_device(&id));
+    }
+    Ok((id, req))
+}
+
+/// The device id of the path; an id that could never be stored cannot exist (404).
+fn device_path(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let id = path_id(path)?;
+    if import::check_device_id(&id).is_err() {
+        return Err(ApiProblem::no_device(&id));
+    }
+    Ok(id)
+}
+
 fn check_reason(reason: &str) -> ApiResult<()> {
     if reason.trim().is_empty() {
         return Err(ApiProblem::invalid_device(
@@ -465,11 +501,7 @@ async fn show_device(
     State(api): State<Arc<AdminApi>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let id = path_id(path)?;
-    // An id that could never be stored cannot exist.
-    if import::check_device_id(&id).is_err() {
-        return Err(ApiProblem::no_device(&id));
-    }
+    let id = device_path(path)?;
     let inv = api.inventory.clone();
     let key = id.clone();
     let found = blocking(move || {
@@ -571,25 +603,13 @@ async fn set_status(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let id = path_id(path)?;
-    require_json(&headers)?;
-    let body = read_body(body, MAX_BODY).await?;
-    let req: StatusRequest = parse_json(&body)?;
-    if import::check_device_id(&id).is_err() {
-        return Err(ApiProblem::no_device(&id));
-    }
+    let (id, req): (String, StatusRequest) = device_change_request(path, &headers, body).await?;
     check_reason(&req.reason)?;
     let inv = api.inventory.clone();
     let key = id.clone();
     let change = blocking(move || inv.set_status(&key, req.status, &actor.name, &req.reason))
         .await
-        .map_err(|p| {
-            if p.status == StatusCode::NOT_FOUND {
-                ApiProblem::no_device(&id)
-            } else {
-                p
-            }
-        })?;
+        .map_err(|p| p.naming_device(&id))?;
     let device_change = if change.before == change.after {
         DeviceChange::Unchanged(change.after)
     } else {
@@ -607,10 +627,7 @@ async fn list_eks(
     State(api): State<Arc<AdminApi>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let id = path_id(path)?;
-    if import::check_device_id(&id).is_err() {
-        return Err(ApiProblem::no_device(&id));
-    }
+    let id = device_path(path)?;
     let inv = api.inventory.clone();
     let key = id.clone();
     let eks = blocking(move || {
@@ -634,13 +651,7 @@ async fn pin_ek(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let id = path_id(path)?;
-    require_json(&headers)?;
-    let body = read_body(body, MAX_BODY).await?;
-    let req: PinEkRequest = parse_json(&body)?;
-    if import::check_device_id(&id).is_err() {
-        return Err(ApiProblem::no_device(&id));
-    }
+    let (id, req): (String, PinEkRequest) = device_change_request(path, &headers, body).await?;
     check_reason(&req.reason)?;
     let hash = req.ek_sha256.trim().to_ascii_lowercase();
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -652,13 +663,7 @@ async fn pin_ek(
     let key = id.clone();
     blocking(move || inv.pin_ek(&key, &hash, &actor.name, &req.reason))
         .await
-        .map_err(|p| {
-            if p.status == StatusCode::NOT_FOUND {
-                ApiProblem::no_device(&id)
-            } else {
-                p
-            }
-        })?;
+        .map_err(|p| p.naming_device(&id))?;
     list_eks(State(api), Ok(Path(id))).await
 }
 
@@ -669,25 +674,13 @@ async fn unbind_eks(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let id = path_id(path)?;
-    require_json(&headers)?;
-    let body = read_body(body, MAX_BODY).await?;
-    let req: UnbindEksRequest = parse_json(&body)?;
-    if import::check_device_id(&id).is_err() {
-        return Err(ApiProblem::no_device(&id));
-    }
+    let (id, req): (String, UnbindEksRequest) = device_change_request(path, &headers, body).await?;
     check_reason(&req.reason)?;
     let inv = api.inventory.clone();
     let key = id.clone();
     let removed = blocking(move || inv.unbind_eks(&key, &actor.name, &req.reason))
         .await
-        .map_err(|p| {
-            if p.status == StatusCode::NOT_FOUND {
-                ApiProblem::no_device(&id)
-            } else {
-                p
-            }
-        })?;
+        .map_err(|p| p.naming_device(&id))?;
     Ok(json(StatusCode::OK, &UnbindEksResult { removed }))
 }
 
