@@ -29,7 +29,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{echoed, free_port, require_program, Gateway, BIN, TRUST_DOMAIN};
-use portcullis::demo_upstream::DemoUpstream;
 use portcullis_agent::testing::Swtpm;
 use portcullis_gateway::CancellationToken;
 
@@ -254,18 +253,7 @@ impl Lab {
         let tokens = dir.path().join("admin.tokens");
         portcullis::devpki::write_private(&tokens, &format!("admin {}\n", "a".repeat(40))).unwrap();
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let stop = CancellationToken::new();
-        let upstream = rt
-            .block_on(DemoUpstream::spawn(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                stop.clone(),
-            ))
-            .unwrap();
+        let (rt, upstream, stop) = common::demo_upstream(1);
 
         let ca_port = free_port();
         let config = dir.path().join("portcullis.toml");

@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use portcullis::demo_upstream::DemoUpstream;
 use portcullis::devpki::{self, DeviceSpec};
 use portcullis_gateway::CancellationToken;
 use tokio_tungstenite::tungstenite::Message;
@@ -169,18 +168,7 @@ tokens_file = "{tokens}"
             .unwrap();
         creds.insert("server", server);
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let stop = CancellationToken::new();
-        let upstream = rt
-            .block_on(DemoUpstream::spawn(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                stop.clone(),
-            ))
-            .unwrap();
+        let (rt, upstream, stop) = super::demo_upstream(2);
         let lab = Self {
             bundle: pki.join("bundle.pem"),
             dir,

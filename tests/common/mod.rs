@@ -146,18 +146,7 @@ impl Fixture {
             creds.insert(name, cred);
         }
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let shutdown = CancellationToken::new();
-        let upstream = rt
-            .block_on(DemoUpstream::spawn(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                shutdown.clone(),
-            ))
-            .expect("demo upstream");
+        let (rt, upstream, shutdown) = demo_upstream(2);
 
         let fixture = Self {
             rt,
@@ -281,6 +270,24 @@ ttl = "2m"
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A multi-threaded runtime running the built-in demo upstream on a loopback port; the upstream
+/// stops when the token is cancelled (or the runtime dropped).
+pub fn demo_upstream(workers: usize) -> (tokio::runtime::Runtime, SocketAddr, CancellationToken) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = CancellationToken::new();
+    let upstream = rt
+        .block_on(DemoUpstream::spawn(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            stop.clone(),
+        ))
+        .expect("demo upstream");
+    (rt, upstream, stop)
 }
 
 pub fn write_atomically(path: &Path, text: &str) {
