@@ -260,6 +260,25 @@ enum CaCommand {
         #[arg(long)]
         days: Option<u64>,
     },
+    /// List the node certificates the CA issued, with their state.
+    Nodes {
+        /// The config whose [ca] section names the CA's data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Revoke every live certificate of a node: its status feed subscription ends within
+    /// seconds, it cannot reconnect, and the CRL and OCSP say revoked.
+    NodeRevoke {
+        /// The node's name, as given to node-cert.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The config whose [ca] section names the CA's data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// RFC 5280 reason: keyCompromise, superseded or cessationOfOperation.
+        #[arg(long, default_value = "cessationOfOperation")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -524,6 +543,29 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("ca_roots = \"<the CA's bundle.pem>\"");
             println!("cert = \"{}\"", cert.display());
             println!("key = \"{}\"", key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command: CaCommand::Nodes { config },
+        } => {
+            print!("{}", portcullis::node_cli::list(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command:
+                CaCommand::NodeRevoke {
+                    name,
+                    config,
+                    reason,
+                },
+        } => {
+            let serials = portcullis::node_cli::revoke(&config, &name, &reason)?;
+            if serials.is_empty() {
+                println!("node {name} has no live certificate left to revoke");
+            }
+            for serial in serials {
+                println!("revoked {serial} (node {name}, {reason})");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {

@@ -211,8 +211,8 @@ pub fn prepare(opts: &UpOptions) -> anyhow::Result<DataDir> {
 /// Adds the demo devices the inventory does not know yet; a device already there keeps
 /// whatever status the user gave it.
 fn seed_inventory(dir: &DataDir) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&dir.ca_dir.join("ca.db"))
-        .with_context(|| format!("opening {}", dir.ca_dir.join("ca.db").display()))?;
+    let db = portcullis_ca::service::Ca::db_path(&dir.ca_dir);
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
     for (id, status, tag, owner, platform) in DEVICES {
         if store.device(id)?.is_some() {
             continue;

@@ -117,6 +117,11 @@ impl Ca {
         CaPaths::in_dir(&data_dir.join("pki"))
     }
 
+    /// The CA database (inventory, certificates, ACME state) in `data_dir`.
+    pub fn db_path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("ca.db")
+    }
+
     /// Creates a new root and intermediate in `data_dir` (refusing to overwrite one).
     pub fn init(
         data_dir: &Path,
@@ -147,7 +152,7 @@ impl Ca {
             &paths,
             LifetimePolicy::new(settings.max_lifetime)?,
         )?);
-        let store = Arc::new(SqliteStore::open(&settings.data_dir.join("ca.db"))?);
+        let store = Arc::new(SqliteStore::open(&Self::db_path(&settings.data_dir))?);
         let inventory = Arc::new(Inventory::new(
             store.clone(),
             clock.clone(),
@@ -271,6 +276,7 @@ impl Ca {
                 root: self.root_der().into(),
                 trust_domain: self.settings.acme.trust_domain.as_str().into(),
                 clock: self.clock.clone(),
+                store: self.store.clone(),
             }));
         match &self.admin {
             Some(admin) => router.nest(crate::admin_api::PREFIX, admin.router()),

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
+use crate::clock::unix_seconds;
 use crate::pki::{Authority, CertTemplate, IssueRequest, IssuedCert, PkiError};
+use crate::store::{NewCert, SqliteStore};
 
 /// Node certificates live this long unless asked otherwise (bounded by the CA's
 /// `max_lifetime`): re-issue them like any other service credential.
@@ -27,10 +29,12 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// A fresh P-256 key and a node certificate for it. Returns the issued certificate (its
-/// `chain_pem` is leaf + intermediate) and the private key as PKCS#8 PEM.
+/// A fresh P-256 key and a node certificate for it, recorded in `store` (so that it can be
+/// revoked and the feed knows it). Returns the issued certificate (its `chain_pem` is leaf +
+/// intermediate) and the private key as PKCS#8 PEM.
 pub fn issue(
     pki: &Authority,
+    store: &SqliteStore,
     trust_domain: &str,
     name: &str,
     lifetime: Duration,
@@ -61,7 +65,40 @@ pub fn issue(
         },
         now,
     )?;
+    store
+        .record_node_certificate(
+            name,
+            &NewCert {
+                serial: &cert.serial.to_hex(),
+                fingerprint: &cert.fingerprint,
+                der: &cert.der,
+                chain_pem: &cert.chain_pem,
+                not_before: unix_seconds(cert.not_before),
+                not_after: unix_seconds(cert.not_after),
+                device_id: None,
+            },
+        )
+        .map_err(|e| PkiError::Request(format!("recording the node certificate: {e}")))?;
     Ok((cert, key.serialize_pem()))
+}
+
+/// Refuses a node whose certificate this CA did not record or has revoked. Run at
+/// subscription; the open stream watches the feed's revoked set from then on.
+pub fn check_recorded(store: &SqliteStore, node: Node) -> Result<Node, NodeAuthError> {
+    match store.node_of_certificate(&node.serial) {
+        Ok(Some(recorded)) if recorded.node == node.name && recorded.revoked_at.is_none() => {
+            Ok(node)
+        }
+        Ok(Some(recorded)) if recorded.node == node.name => Err(NodeAuthError::Revoked {
+            node: node.name,
+            serial: node.serial,
+        }),
+        Ok(_) => Err(NodeAuthError::NotRecorded {
+            node: node.name,
+            serial: node.serial,
+        }),
+        Err(e) => Err(NodeAuthError::Store(e.to_string())),
+    }
 }
 
 /// Why a feed client was refused (for our log; the client gets a bare 403).
@@ -73,12 +110,20 @@ pub enum NodeAuthError {
     Untrusted(String),
     #[error("client certificate names no node of trust domain {0} (a device certificate?)")]
     NotANode(String),
+    #[error("node certificate {serial} of `{node}` is not in this CA's records")]
+    NotRecorded { node: String, serial: String },
+    #[error("node certificate {serial} of `{node}` is revoked")]
+    Revoked { node: String, serial: String },
+    #[error("CA database: {0}")]
+    Store(String),
 }
 
 /// A node the feed accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
+    /// The certificate's serial, lowercase hex: the key the store revokes it by.
+    pub serial: String,
     /// The certificate's notAfter: the feed ends the subscription then, so that a connection
     /// cannot outlive the credential that opened it.
     pub not_after: SystemTime,
@@ -125,6 +170,7 @@ pub fn authenticate(
                         if valid_node_name(node) {
                             return Ok(Node {
                                 name: node.to_string(),
+                                serial: portcullis_policy::identity::serial_hex(cert.raw_serial()),
                                 not_after,
                             });
                         }
@@ -159,10 +205,12 @@ mod tests {
         let root = crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").unwrap();
         let day = Duration::from_secs(24 * 3600);
 
-        let (cert, key) = issue(&pki, "corp.test", "gw-1", day, now).unwrap();
+        let store = SqliteStore::open_in_memory().unwrap();
+        let (cert, key) = issue(&pki, &store, "corp.test", "gw-1", day, now).unwrap();
         assert!(key.contains("PRIVATE KEY"));
         let node = authenticate(Some(&chain(&cert)), &root, "corp.test", now).unwrap();
         assert_eq!(node.name, "gw-1");
+        assert_eq!(node.serial, cert.serial.to_hex());
         assert!(node.not_after > now + day - Duration::from_secs(120));
         assert!(matches!(
             authenticate(Some(&chain(&cert)), &root, "other.test", now),
@@ -207,7 +255,45 @@ mod tests {
             Err(NodeAuthError::Untrusted(_))
         ));
         for bad in ["", "GW", "a/b", &"x".repeat(64)] {
-            assert!(issue(&pki, "corp.test", bad, day, now).is_err(), "{bad:?}");
+            assert!(
+                issue(&pki, &store, "corp.test", bad, day, now).is_err(),
+                "{bad:?}"
+            );
         }
+    }
+
+    #[test]
+    fn only_a_recorded_unrevoked_node_certificate_subscribes() {
+        let now = SystemTime::now();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(&dir.path().join("pki"));
+        Authority::init(&paths, &InitOptions::default(), now).unwrap();
+        let pki = Authority::load(&paths, LifetimePolicy::default()).unwrap();
+        let root = crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let store = SqliteStore::open_in_memory().unwrap();
+        let elsewhere = SqliteStore::open_in_memory().unwrap();
+
+        let (cert, _) = issue(&pki, &store, "corp.test", "gw-1", day, now).unwrap();
+        let node = || authenticate(Some(&chain(&cert)), &root, "corp.test", now).unwrap();
+        assert_eq!(check_recorded(&store, node()).unwrap().name, "gw-1");
+        // Signed by our intermediate but never recorded (another database, or a key used
+        // outside `node-cert`): refused.
+        assert!(matches!(
+            check_recorded(&elsewhere, node()),
+            Err(NodeAuthError::NotRecorded { .. })
+        ));
+        let revoked = store
+            .revoke_node(
+                "gw-1",
+                crate::store::NodeRevocationReason::KeyCompromise,
+                unix_seconds(now),
+            )
+            .unwrap();
+        assert_eq!(revoked, vec![cert.serial.to_hex()]);
+        assert!(matches!(
+            check_recorded(&store, node()),
+            Err(NodeAuthError::Revoked { .. })
+        ));
     }
 }

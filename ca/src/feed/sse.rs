@@ -2,6 +2,10 @@
 //! §9.2, `text/event-stream`). Only node certificates of this CA get it (see [`super::node`]);
 //! anyone else gets a bare 403 and our log says why. With `stream` and `generation` of a
 //! previous connection the subscriber resumes; otherwise it starts with a snapshot.
+//!
+//! A node certificate must also be one this CA recorded and has not revoked
+//! (`portcullis ca node-revoke`): a revocation ends the node's open subscription within a
+//! heartbeat of reaching the feed's revoked set (≈ 1.5 s), and refuses its reconnection.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use serde::Deserialize;
 use super::hub::FeedHub;
 use super::node;
 use crate::clock::Clock;
+use crate::store::SqliteStore;
 use crate::tls::PeerCertificates;
 
 #[derive(Clone)]
@@ -25,6 +30,8 @@ pub struct FeedState {
     pub root: Arc<[u8]>,
     pub trust_domain: Arc<str>,
     pub clock: Arc<dyn Clock>,
+    /// Where node certificates are recorded and revoked.
+    pub store: Arc<SqliteStore>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +56,7 @@ async fn subscribe(
 ) -> Response<Body> {
     let chain = peer.as_ref().map(|Extension(p)| &p.0[..]);
     let node = match node::authenticate(chain, &state.root, &state.trust_domain, state.clock.now())
+        .and_then(|node| node::check_recorded(&state.store, node))
     {
         Ok(node) => node,
         Err(e) => {
@@ -62,12 +70,17 @@ async fn subscribe(
     };
     let mut events = state.hub.events(position);
     tracing::info!(node = %node.name, resume = position.is_some(), "status feed subscriber connected");
-    // Heartbeats wake this every HEARTBEAT, so the stream ends within one of the expiry; the
-    // node reconnects with its renewed certificate.
+    // Heartbeats wake this every HEARTBEAT, so the stream ends within one of the expiry (the
+    // node reconnects with its renewed certificate) or of the revocation reaching the feed.
     let clock = state.clock.clone();
+    let hub = state.hub.clone();
     let stream = futures_util::stream::poll_fn(move |cx| {
         if clock.now() >= node.not_after {
             tracing::info!(node = %node.name, "node certificate expired; ending its feed");
+            return std::task::Poll::Ready(None);
+        }
+        if hub.current().is_serial_revoked(&node.serial) {
+            tracing::warn!(node = %node.name, serial = %node.serial, "node certificate revoked; ending its feed");
             return std::task::Poll::Ready(None);
         }
         events

@@ -5,6 +5,7 @@
 mod acme;
 mod enroll;
 mod inventory;
+mod nodes;
 mod revocations;
 mod sqlite;
 
@@ -17,5 +18,6 @@ pub use inventory::{
     revocation_reason, Device, DeviceChange, HistoryEntry, NewDevice, StatusChange,
     REASON_CERTIFICATE_HOLD, REASON_CESSATION_OF_OPERATION,
 };
+pub use nodes::{NodeCert, NodeRevocationReason};
 pub use revocations::{CertStatus, RevokedCert};
 pub use sqlite::{SqliteStore, StoreError};
