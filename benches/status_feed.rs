@@ -15,7 +15,7 @@
 //! - **snapshot** (`feed/snapshot.rs`): in process, a `--devices` snapshot through the real
 //!   wire path (hub → SSE text → `SseParser` → `FeedEvent::parse` → `Follower` → store),
 //!   with a reader thread timing `store.current()` + `decide` meanwhile; memory from
-//!   /proc/self/status; deltas and the overlay fold on the big snapshot. Targets: ≤ 1 s,
+//!   /proc/self/status; deltas at several levels of churn on the big snapshot. Targets: ≤ 1 s,
 //!   ≤ 150 MB, no stall.
 //!
 //! OCSP responses/s, the third figure of the issue, is `cargo bench --bench ocsp`.

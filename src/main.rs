@@ -539,7 +539,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
             println!("in the enforcement point's config:\n");
             println!("[status_feed]");
-            println!("url = \"https://<ca-host>:<port>/feed/v1/status\"");
+            println!("url = \"https://<ca-host>:<port>/feed/v2/status\"");
             println!("ca_roots = \"<the CA's bundle.pem>\"");
             println!("cert = \"{}\"", cert.display());
             println!("key = \"{}\"", key.display());

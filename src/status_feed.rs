@@ -1,5 +1,5 @@
 //! The status feed client of an enforcement point in another process than the CA
-//! (`[status_feed]`): subscribes to the CA's `GET /feed/v1/status` over mTLS with its node
+//! (`[status_feed]`): subscribes to the CA's `GET /feed/v2/status` over mTLS with its node
 //! certificate, reads the Server-Sent Events, and hands them to the
 //! [`Follower`](portcullis_policy::Follower) that keeps the status store current.
 //!
@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use portcullis_config::StatusFeedConfig;
 use portcullis_gateway::CancellationToken;
 use portcullis_policy::feed::MAX_EVENT_BYTES;
-use portcullis_policy::{FeedEvent, Follower, Freshness, StatusStore};
+use portcullis_policy::{FeedError, FeedEvent, Follower, Freshness, StatusStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 const STALENESS_CHECK: Duration = Duration::from_millis(250);
@@ -168,10 +168,8 @@ impl SseParser {
         self.after_cr = false;
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.buf[self.scanned..]
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .map(|at| self.scanned + at)
+        while let Some(end) =
+            memchr::memchr2(b'\n', b'\r', &self.buf[self.scanned..]).map(|at| self.scanned + at)
         {
             self.scanned = 0;
             let line = self.buf.split_to(end);
@@ -302,9 +300,24 @@ async fn read(
                 silence_limit = Duration::from_millis(h.heartbeat_ms.saturating_mul(3))
                     .max(Duration::from_secs(1));
             }
-            follower.on_event(event, SystemTime::now())?;
+            apply(follower, event)?;
             retire(follower.take_retired());
         }
+    }
+}
+
+/// Applies one event. Every event of a snapshot costs O(its chunk) (the table is built as
+/// chunks arrive; completing it costs O(shards)), but a delta of many devices copies up to
+/// the whole table: that one runs under `block_in_place`, so that this worker's other tasks
+/// (requests) move to another worker meanwhile. Not on a current-thread runtime (tests),
+/// where `block_in_place` is not allowed.
+pub fn apply(follower: &mut Follower, event: FeedEvent) -> Result<(), FeedError> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if event.is_heavy() && multi_thread {
+        tokio::task::block_in_place(|| follower.on_event(event, SystemTime::now()))
+    } else {
+        follower.on_event(event, SystemTime::now())
     }
 }
 

@@ -11,23 +11,6 @@ use std::time::{Duration, Instant};
 use common::feed::{fresh_get, portcullis, Lab};
 use common::{metric_value, require_program};
 
-fn node_cert(lab: &Lab, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let out = lab.dir.path().join("nodes");
-    portcullis(&[
-        "ca",
-        "node-cert",
-        name,
-        "--config",
-        lab.ca_config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    (
-        out.join(format!("{name}.pem")),
-        out.join(format!("{name}.key")),
-    )
-}
-
 fn subscribe(lab: &Lab, name: &str, max_time: u64) -> Command {
     let (cert, key) = (
         lab.dir.path().join(format!("nodes/{name}.pem")),
@@ -41,7 +24,7 @@ fn subscribe(lab: &Lab, name: &str, max_time: u64) -> Command {
         .arg(cert)
         .arg("--key")
         .arg(key)
-        .arg(format!("https://127.0.0.1:{}/feed/v1/status", lab.ca_port));
+        .arg(format!("https://127.0.0.1:{}/feed/v2/status", lab.ca_port));
     curl
 }
 
@@ -51,7 +34,7 @@ fn a_revoked_node_is_cut_off_the_feed_and_refused() {
         return;
     }
     let (lab, _ca) = Lab::new(&[("alice", "dev-alice")]);
-    node_cert(&lab, "probe");
+    lab.node_cert("probe");
     let gw = lab.gateway("gw-1", "best_effort");
     let alice = lab.client("alice");
     assert_eq!(

@@ -206,7 +206,7 @@ fn the_feed_refuses_device_certificates_and_strangers() {
         return;
     }
     let (lab, _ca) = Lab::new(&[("alice", "dev-alice")]);
-    let url = format!("https://127.0.0.1:{}/feed/v1/status", lab.ca_port);
+    let url = format!("https://127.0.0.1:{}/feed/v2/status", lab.ca_port);
     let curl = |extra: &[&str]| {
         let out = Command::new("curl")
             .args([
@@ -239,17 +239,8 @@ fn the_feed_refuses_device_certificates_and_strangers() {
         "a device certificate of the same CA is not a node"
     );
     // A node certificate gets the stream: the first event is the hello.
-    let out = lab.dir.path().join("nodes");
-    portcullis(&[
-        "ca",
-        "node-cert",
-        "probe",
-        "--config",
-        lab.ca_config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let mode = std::fs::metadata(out.join("probe.key")).unwrap();
+    let (cert, key) = lab.node_cert("probe");
+    let mode = std::fs::metadata(&key).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600
@@ -258,15 +249,20 @@ fn the_feed_refuses_device_certificates_and_strangers() {
         .args(["-sS", "-N", "--max-time", "2", "--cacert"])
         .arg(&lab.bundle)
         .arg("--cert")
-        .arg(out.join("probe.pem"))
+        .arg(&cert)
         .arg("--key")
-        .arg(out.join("probe.key"))
+        .arg(&key)
         .arg(&url)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&stream.stdout);
     assert!(text.starts_with("event: hello\ndata: {"), "{text}");
     assert!(text.contains("event: snapshot_end"), "{text}");
-    assert!(text.contains("\"dev-alice\""), "{text}");
+    // `devices` events: one `data:` line per device, tab-separated (docs/status-feed.md).
+    assert!(
+        text.contains("event: devices\ndata: {\"devices\":1,"),
+        "{text}"
+    );
+    assert!(text.contains("\ndata: dev-alice\ta\t0"), "{text}");
     assert!(text.contains("event: heartbeat"), "{text}");
 }

@@ -16,8 +16,9 @@
 //!    what the scheduler alone does to the reader's latency on this 2-vCPU machine.
 //! 5. **resync, in process**: the snapshot replayed into the live run's store, which holds
 //!    one: the old one is freed by whoever drops the last reference to it.
-//! 6. **deltas** on the 1M snapshot: one-device deltas through the wire path at overlay sizes
-//!    0, n/96, n/16.7, and the delta that folds the overlay into a new base.
+//! 6. **deltas** on the 1M snapshot: one-device deltas through the wire path after 0, n/96,
+//!    n/16.7 and n/16 devices were changed (the sizes at which the overlay design before
+//!    the packed shards slowed down and then folded).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -199,7 +200,7 @@ fn spawn_reader(
                     }
                     if r.worst.len() < 5 || ns > r.worst[r.worst.len() - 1].0 {
                         r.worst.push((ns, (a - t0).as_secs_f64()));
-                        r.worst.sort_by(|x, y| y.0.cmp(&x.0));
+                        r.worst.sort_by_key(|w| std::cmp::Reverse(w.0));
                         r.worst.truncate(5);
                     }
                     k += 1;
@@ -219,12 +220,12 @@ struct FollowStats {
     events: usize,
     /// In `SseParser::push`.
     push: Duration,
-    /// In `FeedEvent::parse` (serde_json into records).
+    /// In `FeedEvent::parse` (`devices` lines into packed chunks; JSON for the rest).
     parse: Duration,
     /// In `on_event` for `devices` chunks (appending to the snapshot being built).
     extend: Duration,
-    /// `on_event(snapshot_end)`: `StatusSnapshot::from_records` + publish (swap) + dropping
-    /// whatever the swap released.
+    /// `on_event(snapshot_end)`: finishing the table (the chunks went into its shards as
+    /// they came) + publish (swap) + dropping whatever the swap released.
     end: Duration,
     /// From the start of the run to the swap.
     swapped_after: Duration,
@@ -404,47 +405,6 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-/// Requested heap bytes of a snapshot's records, by kind (exact capacities; the allocator
-/// rounds up to its size classes on top of this).
-struct Breakdown {
-    devices: usize,
-    table: usize,
-    ids: usize,
-    owners: usize,
-    platforms: usize,
-    tag_strings: usize,
-    tag_nodes: usize,
-}
-
-fn breakdown(snapshot: &StatusSnapshot) -> Breakdown {
-    let n = snapshot.device_count();
-    // hashbrown: buckets = next power of two ≥ n·8/7; one slot of the value + one control
-    // byte per bucket (+ 16 trailing control bytes).
-    let buckets = if n < 8 {
-        8
-    } else {
-        (n * 8 / 7).next_power_of_two()
-    };
-    let mut b = Breakdown {
-        devices: n,
-        table: buckets * (std::mem::size_of::<DeviceRecord>() + 1) + 16,
-        ids: 0,
-        owners: 0,
-        platforms: 0,
-        tag_strings: 0,
-        tag_nodes: 0,
-    };
-    for r in snapshot.devices() {
-        b.ids += r.id.capacity();
-        b.owners += r.owner.as_ref().map_or(0, |o| o.capacity());
-        b.platforms += r.platform.as_ref().map_or(0, |p| p.capacity());
-        b.tag_strings += r.tags.iter().map(|t| t.capacity()).sum::<usize>();
-        // A BTreeSet<String> of ≤ 11 elements is one leaf node: 11 × 24-byte keys + header.
-        b.tag_nodes += if r.tags.is_empty() { 0 } else { 280 };
-    }
-    b
-}
-
 // ---------------------------------------------------------------------------------------------
 // The follower in a process of its own (a gateway's memory, without the CA's in it).
 
@@ -585,13 +545,12 @@ pub fn run(o: &Options) {
     let n = o.devices;
     let rss_start = rss_mb();
 
-    // CA side: the records (what the store would return), the snapshot, the hub.
-    let t = Instant::now();
-    let records: Vec<DeviceRecord> = (0..n).map(record).collect();
+    // CA side: the records (what the store would return), the snapshot, the hub. The records
+    // are streamed into the table, not collected first: a freed 1M-record `Vec` (≈ 550 MB)
+    // would stay in the process's RSS and hide the hub's own size.
     let revoked: Vec<String> = (0..o.revoked).map(serial).collect();
-    let t_records = t.elapsed();
     let t = Instant::now();
-    let snapshot = StatusSnapshot::from_records(records, revoked);
+    let snapshot = StatusSnapshot::from_records((0..n).map(record), revoked);
     let t_from_records = t.elapsed();
     let t = Instant::now();
     let hub = Arc::new(FeedHub::new(
@@ -602,6 +561,7 @@ pub fn run(o: &Options) {
     let t_hub = t.elapsed();
     settle();
     let rss_ca = rss_mb();
+    let hub_bytes = hub.current().device_footprint().total();
     let ids = Arc::new(identities(n, 4096));
 
     // 1. Live, into an empty store; the store and follower are kept for what follows.
@@ -780,7 +740,7 @@ pub fn run(o: &Options) {
 
     // 6. Deltas on the 1M snapshot, through the wire path.
     let deltas = deltas(&mut follower, &store, &ids, n);
-    let bd = breakdown(&store.current());
+    let bd = store.current().device_footprint();
 
     // Freeing a 1M-device snapshot: the last references (follower and store).
     drop(encoded);
@@ -812,15 +772,16 @@ pub fn run(o: &Options) {
     );
     println!();
     println!(
-        "CA side: generating the records {:.0} ms, `StatusSnapshot::from_records` {:.0} ms, `FeedHub::new` {:.1} ms; \
-         process RSS {:.0} → {:.0} MB with the hub's snapshot. One snapshot subscription drained and encoded \
+        "CA side: `StatusSnapshot::from_records` over the generated records (streamed, generation included) {:.0} ms, \
+         `FeedHub::new` {:.1} ms; process RSS {:.0} → {:.0} MB with the hub's snapshot ({:.1} MB \
+         requested by its table). One snapshot subscription drained and encoded \
          (pump + walker + `to_sse`, one consumer): {:.0} ms, {} events, {:.1} MB of SSE ({:.0} bytes per device, \
          largest event {:.2} MB).",
-        ms(t_records),
         ms(t_from_records),
         ms(t_hub),
         rss_start,
         rss_ca,
+        mb(hub_bytes),
         ms(t_encode),
         n_events,
         mb(wire_bytes),
@@ -935,11 +896,11 @@ pub fn run(o: &Options) {
     reader_row("4b. reader alone on the full store, no swap (1 s)", &alone);
     reader_row(resync.name, &resync.reader);
     reader_row(resync_held.name, &resync_held.reader);
-    reader_row("6. deltas and the fold (below)", &deltas.reader);
+    reader_row("6. deltas, incl. bulk churn (below)", &deltas.reader);
     println!();
     println!(
         "Swap instants, s since the reader started: live {:.2}, resync 5a {:.2}, 5b {:.2} (old dropped at {:.2}); \
-         the fold's delta applied from {:.2} to {:.2}.",
+         the delta at the former fold point applied from {:.2} to {:.2}.",
         0.1 + live.stats.swapped_after.as_secs_f64(),
         0.1 + resync.stats.swapped_after.as_secs_f64(),
         0.1 + resync_held.stats.swapped_after.as_secs_f64(),
@@ -948,37 +909,47 @@ pub fn run(o: &Options) {
         deltas.fold_at + deltas.fold_ms / 1e3,
     );
     println!();
-    let heap = bd.ids + bd.owners + bd.platforms + bd.tag_strings + bd.tag_nodes;
     println!(
-        "Where a follower's memory goes ({} devices; bytes requested from the allocator, before its \
-         rounding; `size_of::<DeviceRecord>()` = {}):",
-        bd.devices,
-        std::mem::size_of::<DeviceRecord>()
+        "Where a follower's memory goes ({} devices in {} shards; bytes requested from the allocator \
+         (capacities), before its rounding):",
+        bd.devices, bd.shards
     );
     println!();
     println!("| part | MB | bytes/device |");
     println!("|---|---:|---:|");
     for (name, b) in [
-        ("hash table slots (hashbrown `HashSet<ById>`, records inline, 2^k buckets at ≤ 7/8 load)", bd.table),
-        ("`BTreeSet<String>` leaf nodes of the tags (280 B each, 1–2 tags)", bd.tag_nodes),
-        ("owner strings", bd.owners),
-        ("id strings", bd.ids),
-        ("tag strings", bd.tag_strings),
-        ("platform strings", bd.platforms),
-        ("total requested", bd.table + heap),
+        (
+            "device slots (20 B: status, profile, offsets into the text)",
+            bd.slots,
+        ),
+        ("text: ids and owners, one arena per shard", bd.text),
+        (
+            "shard indexes (hashbrown `HashTable<u32>` of positions)",
+            bd.index,
+        ),
+        (
+            "profile dictionaries (pointers to shared platform + tag sets)",
+            bd.profiles,
+        ),
+        ("directory and shard headers", bd.directory),
+        ("total requested", bd.total()),
     ] {
-        println!("| {name} | {:.0} | {:.0} |", mb(b), b as f64 / bd.devices as f64);
+        println!(
+            "| {name} | {:.1} | {:.1} |",
+            mb(b),
+            b as f64 / bd.devices.max(1) as f64
+        );
     }
     println!(
-        "\nThe follower process's RSS growth for the fresh snapshot was {:+.0} MB: allocator rounding and pages \
-         ≈ {:+.0} MB on top of the requested bytes.",
+        "\nThe follower process's RSS growth for the fresh snapshot was {:+.0} MB: allocator rounding, pages \
+         and the revoked serials ≈ {:+.0} MB on top of the requested bytes.",
         child[0].rss_after - child[0].rss_before,
-        child[0].rss_after - child[0].rss_before - mb(bd.table + heap)
+        child[0].rss_after - child[0].rss_before - mb(bd.total())
     );
     println!();
     println!("Deltas on the {n}-device snapshot (one device each through the wire path: `to_sse` → parser → parse → `on_event`):");
     println!();
-    println!("| overlay entries before | deltas | p50 | max | note |");
+    println!("| devices changed before | deltas | p50 | max | note |");
     println!("|---:|---:|---:|---:|---|");
     for g in &deltas.groups {
         let [p50, _, _, max] = summary_ms(&g.ms);
@@ -992,7 +963,7 @@ pub fn run(o: &Options) {
         );
     }
     println!(
-        "\nThe delta that folds (overlay > n/16 = {}): {:.0} ms ({:.0} ms CPU), peak RSS growth {:+.0} MB. Bulk deltas that grew the overlay: {}.",
+        "\nThe delta at the former fold point (n/16 = {} devices changed): {:.3} ms ({:.3} ms CPU), peak RSS growth {:+.0} MB. Bulk deltas of the churn: {}.",
         (n / 16).max(1024),
         deltas.fold_ms,
         deltas.fold_cpu_ms,
@@ -1083,7 +1054,7 @@ fn deltas(
         }
         ms(t.elapsed())
     };
-    // `k` devices not changed before (each adds one overlay entry).
+    // `k` devices not changed before (each would have added one overlay entry before).
     let mut change = |k: usize| -> Vec<DeviceRecord> {
         (0..k)
             .map(|_| {
@@ -1094,7 +1065,7 @@ fn deltas(
             })
             .collect()
     };
-    // `DeviceTable` folds when the overlay exceeds max(1024, base/16).
+    // The overlay design folded when the overlay exceeded max(1024, base/16).
     let threshold = (n / 16).max(1024);
     let mut groups = Vec::new();
     let mut bulk = Vec::new();
@@ -1102,7 +1073,7 @@ fn deltas(
     for (target, note) in [
         (0usize, "fresh snapshot"),
         (threshold / 6, ""),
-        (threshold * 24 / 25, "just below the fold threshold"),
+        (threshold * 24 / 25, "just below the former fold threshold"),
     ] {
         if target > overlay {
             let t = apply(follower, change(target - overlay));
@@ -1113,7 +1084,7 @@ fn deltas(
         groups.push(DeltaGroup { overlay, ms, note });
         overlay += 100;
     }
-    // Up to the threshold exactly, then the delta that folds.
+    // Up to the threshold exactly, then the delta that folded.
     if threshold > overlay {
         let t = apply(follower, change(threshold - overlay));
         bulk.push((threshold - overlay, t));
@@ -1130,7 +1101,7 @@ fn deltas(
     groups.push(DeltaGroup {
         overlay: 1,
         ms: after,
-        note: "after the fold",
+        note: "after the former fold point",
     });
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);

@@ -31,7 +31,7 @@ impl StaleMode {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StatusFeedConfig {
-    /// The CA's feed URL: `https://<ca>/feed/v1/status`.
+    /// The CA's feed URL: `https://<ca>/feed/v2/status`.
     pub url: String,
     /// PEM file of the CA certificates the feed's TLS server certificate must chain to (the
     /// CA's `bundle.pem`).

@@ -591,7 +591,7 @@ fn the_crl_and_ocsp_listener_and_its_url_are_checked() {
 #[test]
 fn the_status_feed_section_is_checked() {
     let fx = Fixture::new();
-    let feed = "[status_feed]\nurl = \"https://ca.test:8443/feed/v1/status\"\nca_roots = \"roots.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\n";
+    let feed = "[status_feed]\nurl = \"https://ca.test:8443/feed/v2/status\"\nca_roots = \"roots.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\n";
     let gateway_only = GOOD.replace("[inventory]\nfile = \"inventory.toml\"\n", "");
     let config = fx.parse(&format!("{gateway_only}\n{feed}")).unwrap();
     let f = config.status_feed.unwrap();

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portcullis_policy::{DeviceIdentity, DeviceRecord};
+use portcullis_policy::{DeviceIdentity, DeviceView};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Serialize;
@@ -255,7 +255,7 @@ impl AssertionSigner {
     pub fn token(
         &self,
         identity: &DeviceIdentity,
-        record: Option<&DeviceRecord>,
+        record: Option<DeviceView<'_>>,
         audience: &str,
         generation: u64,
         now: SystemTime,
@@ -275,7 +275,7 @@ impl AssertionSigner {
         &self,
         memo: &mut Option<TokenMemo>,
         identity: &DeviceIdentity,
-        record: Option<&DeviceRecord>,
+        record: Option<DeviceView<'_>>,
         audience: &str,
         generation: u64,
         now: SystemTime,
@@ -311,7 +311,7 @@ impl AssertionSigner {
         &self,
         keys: &KeySet,
         identity: &DeviceIdentity,
-        record: Option<&DeviceRecord>,
+        record: Option<DeviceView<'_>>,
         audience: &str,
         generation: u64,
         now: u64,
@@ -338,16 +338,14 @@ impl AssertionSigner {
             nbf: now,
             exp,
             jti: uuid::Uuid::new_v4().to_string(),
-            status: record.map(|r| r.status.as_str()),
+            status: record.map(|r| r.status().as_str()),
             serial: &identity.serial,
             fingerprint: identity.fingerprint_hex(),
             platform: record
-                .and_then(|r| r.platform.as_deref())
+                .and_then(|r| r.platform())
                 .or(identity.platform.as_deref()),
-            tags: record
-                .map(|r| r.tags.iter().map(String::as_str).collect())
-                .unwrap_or_default(),
-            owner: record.and_then(|r| r.owner.as_deref()),
+            tags: record.map(|r| r.tags().collect()).unwrap_or_default(),
+            owner: record.and_then(|r| r.owner()),
             attestation: identity.attestation.as_deref(),
         };
         let mut header = Header::new(Algorithm::ES256);
@@ -458,8 +456,8 @@ mod tests {
         }
     }
 
-    fn record() -> DeviceRecord {
-        DeviceRecord {
+    fn record() -> portcullis_policy::DeviceRecord {
+        portcullis_policy::DeviceRecord {
             id: "SN-1234".into(),
             status: portcullis_policy::DeviceStatus::Active,
             tags: ["eng".to_string()].into_iter().collect(),
@@ -502,7 +500,7 @@ mod tests {
         let jwt = signer
             .token(
                 &identity(),
-                Some(&record()),
+                Some(record().view()),
                 "app.example.com",
                 7,
                 SystemTime::now(),
@@ -550,7 +548,7 @@ mod tests {
         let t0 = SystemTime::now();
         let sign = |aud: &str, gen: u64, at: SystemTime| {
             signer
-                .token(&id, Some(&record()), aud, gen, at)
+                .token(&id, Some(record().view()), aud, gen, at)
                 .expect("sign")
                 .expect("token")
         };
@@ -583,7 +581,7 @@ mod tests {
         let mut memo = None;
         let mut sign = |aud: &str, gen: u64, at: SystemTime| {
             signer
-                .token_for_connection(&mut memo, &id, Some(&record()), aud, gen, at)
+                .token_for_connection(&mut memo, &id, Some(record().view()), aud, gen, at)
                 .expect("sign")
                 .expect("token")
         };

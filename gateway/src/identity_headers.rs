@@ -11,7 +11,7 @@
 
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use portcullis_policy::{DeviceIdentity, DeviceRecord};
+use portcullis_policy::{DeviceIdentity, DeviceView};
 use rustls_pki_types::CertificateDer;
 
 pub(crate) const DEVICE_ID: HeaderName = HeaderName::from_static("x-portcullis-device-id");
@@ -224,18 +224,18 @@ pub(crate) struct RecordHeaders {
 
 impl RecordHeaders {
     /// `record` is the device's inventory record, if it has one.
-    pub fn build(record: Option<&DeviceRecord>) -> Self {
+    pub fn build(record: Option<DeviceView<'_>>) -> Self {
         let Some(record) = record else {
             return Self::default();
         };
         Self {
-            status: Some(HeaderValue::from_static(record.status.as_str())),
-            tags: (!record.tags.is_empty()).then(|| {
-                let tags: Vec<&str> = record.tags.iter().map(String::as_str).collect();
+            status: Some(HeaderValue::from_static(record.status().as_str())),
+            tags: (record.tags().len() > 0).then(|| {
+                let tags: Vec<&str> = record.tags().collect();
                 sanitized(&tags.join(","))
             }),
-            owner: record.owner.as_deref().map(sanitized),
-            platform: record.platform.as_deref().map(sanitized),
+            owner: record.owner().map(sanitized),
+            platform: record.platform().map(sanitized),
         }
     }
 }
@@ -397,7 +397,7 @@ pub(crate) mod tests {
     fn plain_headers_follow_the_inventory_record() {
         let mut h = HeaderMap::new();
         let cert = CertHeaders::build(&identity(), &[CertificateDer::from(vec![1u8])]);
-        let record = DeviceRecord {
+        let record = portcullis_policy::DeviceRecord {
             id: "SN-1234".into(),
             status: portcullis_policy::DeviceStatus::Active,
             tags: ["eng".to_string(), "admin".to_string()]
@@ -414,7 +414,7 @@ pub(crate) mod tests {
             &mut h,
             plain,
             &cert,
-            &RecordHeaders::build(Some(&record)),
+            &RecordHeaders::build(Some(record.view())),
             None,
         );
         assert_eq!(h["x-portcullis-status"], "active");

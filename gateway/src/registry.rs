@@ -75,7 +75,7 @@ pub(crate) fn untrusted_reason(
     if snapshot.is_serial_revoked(serial) {
         return Some("certificate_revoked");
     }
-    match snapshot.device(device_id).map(|r| r.status) {
+    match snapshot.device(device_id).map(|r| r.status()) {
         None => Some("unknown_device"),
         Some(DeviceStatus::Active) => None,
         Some(DeviceStatus::Quarantined) => Some("device_quarantined"),

@@ -143,7 +143,7 @@ pub fn decide(
             format!("device {device_id} is not in the inventory"),
         );
     };
-    match record.status {
+    match record.status() {
         DeviceStatus::Active => {}
         DeviceStatus::Quarantined => {
             return Decision::deny(

@@ -216,13 +216,13 @@ status = "quarantined"
         let snap = parse_inventory(TOML_DOC, InventoryFormat::Toml).unwrap();
         assert_eq!(snap.generation, 0);
         let d = snap.device("SN-1234").unwrap();
-        assert_eq!(d.status, DeviceStatus::Active);
-        assert!(d.tags.contains("eng") && d.tags.contains("laptop"));
-        assert_eq!(d.owner.as_deref(), Some("alice@example.com"));
-        assert_eq!(d.platform.as_deref(), Some("macos"));
+        assert_eq!(d.status(), DeviceStatus::Active);
+        assert!(d.has_tag("eng") && d.has_tag("laptop"));
+        assert_eq!(d.owner(), Some("alice@example.com"));
+        assert_eq!(d.platform(), Some("macos"));
         let q = snap.device("SN-5678").unwrap();
-        assert_eq!(q.status, DeviceStatus::Quarantined);
-        assert!(q.tags.is_empty());
+        assert_eq!(q.status(), DeviceStatus::Quarantined);
+        assert_eq!(q.tags().len(), 0);
         let mut serials: Vec<_> = snap.revoked_serials().iter().cloned().collect();
         serials.sort();
         assert_eq!(serials, vec!["0a1b", "8a01"]);
@@ -233,7 +233,7 @@ status = "quarantined"
         let json = r#"{"revoked_serials": ["ff"], "devices": [
             {"id": "A", "status": "retired", "tags": ["x"]}]}"#;
         let snap = parse_inventory(json, InventoryFormat::Json).unwrap();
-        assert_eq!(snap.device("A").unwrap().status, DeviceStatus::Retired);
+        assert_eq!(snap.device("A").unwrap().status(), DeviceStatus::Retired);
         assert!(snap.revoked_serials().contains("ff"));
         // An empty document is an empty inventory.
         assert!(

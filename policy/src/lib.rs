@@ -3,13 +3,22 @@
 //!
 //! - [`identity`]: what a device certificate says (device id, serial, fingerprints, SANs).
 //! - [`verify`]: chain, validity with skew, EKU clientAuth, maximum lifetime.
-//! - [`status`]: the inventory snapshot (device → status, revoked serials) and its store.
-//! - [`feed`]: the status feed's events and the follower that applies them.
+//! - [`status`]: the inventory snapshot (device → status, revoked serials) and its store;
+//!   its devices are packed (`packed`) in copy-on-write shards (`device_table`).
+//! - [`feed`]: the status feed's events and the follower that applies them; a snapshot's
+//!   `devices` events have their own compact text (`device_lines`).
 //! - [`staleness`]: when the status source was last heard, and what silence means.
 //! - [`inventory`]: the inventory document format.
 //! - [`rules`]: route rules compiled from config criteria.
 //! - [`decision`]: the per-request decision with its reason, and the decision cache.
 
+// API CHANGE (issue 5, compact snapshots): `StatusSnapshot::{device, record_of}` return
+// `Option<DeviceView<'_>>` and `devices()` iterates `DeviceView`s (accessors `id() status()
+// tags() has_tag() owner() platform() to_record()`); `DeviceRecord::view()` lends a record
+// as one. `rules::Subject::record` is an `Option<DeviceView>`. `FeedEvent::Devices` carries
+// a `DeviceChunk`. New: `StatusSnapshot::device_chunks`, `FeedError::{Devices,
+// DuplicateDevice}`, `feed::{DevicesError, MAX_CHUNK_DEVICES}`.
+//
 // API CHANGE: `Reason::detail` is `Cow<'static, str>` instead of `String`, so that the allow
 // path (and a cached hit) does not allocate. It derefs to `&str` as before
 // (`&decision.reason.detail` still coerces to `&str`); build one with `.into()`.
@@ -23,11 +32,13 @@
 
 pub mod decision;
 mod der;
-mod device_table;
+mod device_lines;
+pub mod device_table;
 pub mod feed;
 pub mod identity;
 pub mod inventory;
 mod name;
+mod packed;
 pub mod rules;
 pub mod staleness;
 pub mod status;
@@ -39,6 +50,7 @@ pub use decision::{Decision, DecisionCache, Reason, RequestFacts};
 pub use feed::{Delta, FeedError, FeedEvent, Follower};
 pub use identity::{DeviceIdentity, IdSource, IdentityError};
 pub use inventory::{parse_inventory, InventoryError, InventoryFormat};
+pub use packed::{DeviceChunk, DeviceView, Tags};
 pub use portcullis_config::{Criterion, DeviceStatus};
 pub use rules::RoutePolicy;
 pub use staleness::{Freshness, Liveness, StaleMode, StalenessPolicy};

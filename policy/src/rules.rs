@@ -28,7 +28,7 @@ use wildmatch::WildMatch;
 
 use crate::decision::RequestFacts;
 use crate::identity::DeviceIdentity;
-use crate::status::DeviceRecord;
+use crate::packed::DeviceView;
 
 /// A route's compiled allow / deny rules.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub struct Subject<'a> {
     /// `None` when no certificate was presented.
     pub identity: Option<&'a DeviceIdentity>,
     /// The inventory record of `identity`'s device, if any.
-    pub record: Option<&'a DeviceRecord>,
+    pub record: Option<DeviceView<'a>>,
     pub facts: &'a RequestFacts<'a>,
 }
 
@@ -300,13 +300,13 @@ impl Node {
 
     /// Device criteria, with a certificate. A missing inventory record has no status, tags or
     /// platform.
-    fn device_fact(&self, identity: &DeviceIdentity, record: Option<&DeviceRecord>) -> bool {
+    fn device_fact(&self, identity: &DeviceIdentity, record: Option<DeviceView<'_>>) -> bool {
         match self {
-            Node::Status(want) => record.is_some_and(|r| r.status == *want),
+            Node::Status(want) => record.is_some_and(|r| r.status() == *want),
             Node::DeviceId(want) => identity.device_id.as_deref() == Some(want.as_str()),
-            Node::Tag(tag) => record.is_some_and(|r| r.tags.contains(tag)),
+            Node::Tag(tag) => record.is_some_and(|r| r.has_tag(tag)),
             Node::Platform(want) => record
-                .and_then(|r| r.platform.as_deref())
+                .and_then(|r| r.platform())
                 .is_some_and(|p| p.eq_ignore_ascii_case(want)),
             Node::Attestation(want) => identity.attestation.as_deref() == Some(want.as_str()),
             Node::Fingerprint(fp) => identity.fingerprint == *fp,
@@ -417,19 +417,19 @@ impl Node {
     fn explain_device(
         &self,
         identity: &DeviceIdentity,
-        record: Option<&DeviceRecord>,
+        record: Option<DeviceView<'_>>,
         out: &mut String,
     ) {
         let _ = match (self, record) {
             (Node::Status(_) | Node::Tag(_) | Node::Platform(_), None) => {
                 write!(out, ": device not in inventory")
             }
-            (Node::Status(_), Some(r)) => write!(out, " required, device is {}", r.status),
+            (Node::Status(_), Some(r)) => write!(out, " required, device is {}", r.status()),
             (Node::Tag(_), Some(_)) => write!(out, " missing"),
             (Node::Platform(_), Some(r)) => write!(
                 out,
                 " required, device has {}",
-                r.platform.as_deref().unwrap_or("none")
+                r.platform().unwrap_or("none")
             ),
             (Node::DeviceId(_), _) => write!(
                 out,
@@ -451,6 +451,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::DeviceRecord;
     use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
     use std::time::UNIX_EPOCH;
@@ -509,7 +510,7 @@ mod tests {
         let (id, rec) = (identity(), record());
         let with = Subject {
             identity: Some(&id),
-            record: Some(&rec),
+            record: Some(rec.view()),
             facts: &FACTS,
         };
         let without = Subject {
@@ -691,7 +692,7 @@ mod tests {
         let (id, rec) = (identity(), record());
         let s = Subject {
             identity: Some(&id),
-            record: Some(&rec),
+            record: Some(rec.view()),
             facts: &FACTS,
         };
         assert_eq!(policy.first_allow(&s), None);
@@ -734,7 +735,7 @@ mod tests {
         let (id, rec) = (identity(), record());
         let s = Subject {
             identity: Some(&id),
-            record: Some(&rec),
+            record: Some(rec.view()),
             facts: &FACTS,
         };
         assert_eq!(policy.first_allow(&s), Some(1));

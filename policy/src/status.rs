@@ -11,8 +11,11 @@ use portcullis_config::DeviceStatus;
 use crate::device_table::DeviceTable;
 use crate::feed::Delta;
 use crate::identity::DeviceIdentity;
+use crate::packed::{DeviceChunk, DeviceView};
 use crate::staleness::Liveness;
 
+/// A device as the inventory holds it (owned; the CA's store and admin API, deltas). A
+/// snapshot stores devices packed and lends them out as [`DeviceView`]s.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRecord {
     pub id: String,
@@ -43,13 +46,23 @@ pub struct StatusSnapshot {
 }
 
 impl StatusSnapshot {
-    pub fn device(&self, id: &str) -> Option<&DeviceRecord> {
+    pub fn device(&self, id: &str) -> Option<DeviceView<'_>> {
         self.devices.get(id)
     }
 
     /// Every device, in no particular order.
-    pub fn devices(&self) -> impl Iterator<Item = &DeviceRecord> {
+    pub fn devices(&self) -> impl Iterator<Item = DeviceView<'_>> {
         self.devices.iter()
+    }
+
+    /// Every device, in chunks of up to `size` (the feed's `devices` events).
+    pub fn device_chunks(&self, size: usize) -> impl Iterator<Item = DeviceChunk> + '_ {
+        self.devices.chunks(size)
+    }
+
+    /// Heap bytes the devices take, by part (for benchmarks and capacity planning).
+    pub fn device_footprint(&self) -> crate::device_table::Footprint {
+        self.devices.footprint()
     }
 
     pub fn device_count(&self) -> usize {
@@ -66,14 +79,14 @@ impl StatusSnapshot {
     }
 
     /// The inventory record of the device a certificate names (none without a device id).
-    pub fn record_of(&self, identity: &DeviceIdentity) -> Option<&DeviceRecord> {
+    pub fn record_of(&self, identity: &DeviceIdentity) -> Option<DeviceView<'_>> {
         self.devices.get(identity.device_id.as_deref()?)
     }
 
     /// The inventory status of the device a certificate names; `None` if it names none or the
     /// device is not in the inventory.
     pub fn status_of(&self, identity: &DeviceIdentity) -> Option<DeviceStatus> {
-        self.record_of(identity).map(|r| r.status)
+        self.record_of(identity).map(|r| r.status())
     }
 
     /// True if the certificate's serial is on the revoked list (serials compare in the form of
@@ -88,8 +101,15 @@ impl StatusSnapshot {
         records: impl IntoIterator<Item = DeviceRecord>,
         revoked_serials: impl IntoIterator<Item = String>,
     ) -> Self {
+        Self::from_table(DeviceTable::from_records(records), revoked_serials)
+    }
+
+    pub(crate) fn from_table(
+        devices: DeviceTable,
+        revoked_serials: impl IntoIterator<Item = String>,
+    ) -> Self {
         Self {
-            devices: DeviceTable::from_records(records),
+            devices,
             revoked: Arc::new(
                 revoked_serials
                     .into_iter()
@@ -138,13 +158,13 @@ impl StatusSnapshot {
     pub fn diff(&self, next: &StatusSnapshot) -> Delta {
         let upsert = next
             .devices()
-            .filter(|r| self.device(&r.id) != Some(*r))
-            .cloned()
+            .filter(|r| self.device(r.id()) != Some(*r))
+            .map(|r| r.to_record())
             .collect();
         let remove = self
             .devices()
-            .filter(|r| next.device(&r.id).is_none())
-            .map(|r| r.id.clone())
+            .filter(|r| next.device(r.id()).is_none())
+            .map(|r| r.id().to_owned())
             .collect();
         Delta {
             generation: next.generation,
@@ -236,10 +256,7 @@ mod tests {
             ["00:8A:01".to_owned(), "not hex".to_owned()],
         );
         assert_eq!(snap.status_of(&identity), Some(DeviceStatus::Quarantined));
-        assert_eq!(
-            snap.record_of(&identity).map(|r| r.id.as_str()),
-            Some("dev-1")
-        );
+        assert_eq!(snap.record_of(&identity).map(|r| r.id()), Some("dev-1"));
         assert!(
             snap.is_revoked(&identity),
             "00:8A:01 and 8a01 are the same serial"
@@ -258,8 +275,10 @@ mod tests {
 
     #[test]
     fn publish_only_grows_the_generation() {
-        let mut initial = StatusSnapshot::default();
-        initial.generation = 5;
+        let initial = StatusSnapshot {
+            generation: 5,
+            ..Default::default()
+        };
         let store = StatusStore::new(initial);
         let mut rx = store.subscribe();
         assert_eq!(

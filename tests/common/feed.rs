@@ -192,7 +192,8 @@ tokens_file = "{tokens}"
         portcullis(&all)
     }
 
-    pub fn gateway(&self, name: &str, mode: &str) -> Gateway {
+    /// `portcullis ca node-cert NAME` into `<lab>/nodes/`: the certificate and key files.
+    pub fn node_cert(&self, name: &str) -> (PathBuf, PathBuf) {
         let out = self.dir.path().join("nodes");
         portcullis(&[
             "ca",
@@ -203,6 +204,15 @@ tokens_file = "{tokens}"
             "--out",
             out.to_str().unwrap(),
         ]);
+        (
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}.key")),
+        )
+    }
+
+    pub fn gateway(&self, name: &str, mode: &str) -> Gateway {
+        let out = self.dir.path().join("nodes");
+        self.node_cert(name);
         let config = self.dir.path().join(format!("{name}.toml"));
         let server = &self.creds["server"];
         std::fs::write(
@@ -213,7 +223,7 @@ trust_domain = "{TRUST_DOMAIN}"
 roots = ["{bundle}"]
 
 [status_feed]
-url = "https://127.0.0.1:{port}/feed/v1/status"
+url = "https://127.0.0.1:{port}/feed/v2/status"
 ca_roots = "{bundle}"
 cert = "{nodes}/{name}.pem"
 key = "{nodes}/{name}.key"

@@ -3,7 +3,7 @@
 //!
 //! - [`hub`]: the current snapshot, the log of recent deltas, subscriptions.
 //! - [`producer`]: inventory events and revocations → deltas.
-//! - [`sse`]: `GET /feed/v1/status` on the CA's HTTPS listener.
+//! - [`sse`]: `GET /feed/v2/status` on the CA's HTTPS listener.
 //! - [`node`]: the certificates enforcement points authenticate with.
 //!
 //! The wire events and the follower that applies them are `portcullis_policy::feed`; an
@@ -45,7 +45,16 @@ pub async fn follow_local(
                 e = events.recv() => e,
             };
             let Some(event) = event else { break };
-            if let Err(e) = follower.on_event(event, clock.now()) {
+            // A delta of many devices copies much of the table: let this worker's other
+            // tasks move meanwhile (see `FeedEvent::is_heavy`).
+            let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+            let applied = if event.is_heavy() && multi_thread {
+                tokio::task::block_in_place(|| follower.on_event(event, clock.now()))
+            } else {
+                follower.on_event(event, clock.now())
+            };
+            if let Err(e) = applied {
                 tracing::warn!("status feed (in process): {e}");
                 break;
             }

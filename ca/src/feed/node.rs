@@ -195,14 +195,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn only_an_unexpired_node_certificate_of_this_ca_is_a_node() {
-        let now = SystemTime::now();
+    /// A new root + intermediate in a temporary directory, and the root's DER.
+    fn new_ca(now: SystemTime) -> (tempfile::TempDir, Authority, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let paths = CaPaths::in_dir(&dir.path().join("pki"));
         Authority::init(&paths, &InitOptions::default(), now).unwrap();
         let pki = Authority::load(&paths, LifetimePolicy::default()).unwrap();
         let root = crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").unwrap();
+        (dir, pki, root)
+    }
+
+    #[test]
+    fn only_an_unexpired_node_certificate_of_this_ca_is_a_node() {
+        let now = SystemTime::now();
+        let (_dir, pki, root) = new_ca(now);
         let day = Duration::from_secs(24 * 3600);
 
         let store = SqliteStore::open_in_memory().unwrap();
@@ -245,11 +251,7 @@ mod tests {
             Err(NodeAuthError::NotANode(_))
         ));
         // Another CA's root: untrusted.
-        let other = tempfile::tempdir().unwrap();
-        let other_paths = CaPaths::in_dir(&other.path().join("pki"));
-        Authority::init(&other_paths, &InitOptions::default(), now).unwrap();
-        let other = Authority::load(&other_paths, LifetimePolicy::default()).unwrap();
-        let other_root = crate::pki::pem::decode_first(other.root_pem(), "CERTIFICATE").unwrap();
+        let (_other, _, other_root) = new_ca(now);
         assert!(matches!(
             authenticate(Some(&chain(&cert)), &other_root, "corp.test", now),
             Err(NodeAuthError::Untrusted(_))
@@ -265,11 +267,7 @@ mod tests {
     #[test]
     fn only_a_recorded_unrevoked_node_certificate_subscribes() {
         let now = SystemTime::now();
-        let dir = tempfile::tempdir().unwrap();
-        let paths = CaPaths::in_dir(&dir.path().join("pki"));
-        Authority::init(&paths, &InitOptions::default(), now).unwrap();
-        let pki = Authority::load(&paths, LifetimePolicy::default()).unwrap();
-        let root = crate::pki::pem::decode_first(pki.root_pem(), "CERTIFICATE").unwrap();
+        let (_dir, pki, root) = new_ca(now);
         let day = Duration::from_secs(24 * 3600);
         let store = SqliteStore::open_in_memory().unwrap();
         let elsewhere = SqliteStore::open_in_memory().unwrap();

@@ -62,12 +62,18 @@ pub async fn produce(
             _ = tick.tick() => Work::Revocations,
         };
         let (hub2, store2, clock2) = (hub.clone(), store.clone(), clock.clone());
-        let built =
-            tokio::task::spawn_blocking(move || delta_for(&hub2, &store2, &*clock2, work)).await;
-        match built {
-            Ok(Ok(Some(delta))) => {
+        // Published on the blocking thread too: applying a delta of many devices copies up
+        // to the whole table (`FeedEvent::is_heavy`), not for an async worker.
+        let built = tokio::task::spawn_blocking(move || {
+            let delta = delta_for(&hub2, &store2, &*clock2, work)?;
+            Ok::<_, StoreError>(delta.map(|delta| {
                 let cause = delta.cause.clone();
-                let generation = hub.publish(delta, clock.now());
+                (hub2.publish(delta, clock2.now()), cause)
+            }))
+        })
+        .await;
+        match built {
+            Ok(Ok(Some((generation, cause)))) => {
                 tracing::debug!(
                     generation,
                     cause = cause.as_deref().unwrap_or(""),
@@ -126,7 +132,7 @@ fn delta_for(
                                 owner: dev.owner,
                                 platform: dev.platform,
                             };
-                            if current.device(id) != Some(&record) {
+                            if current.device(id).is_none_or(|have| have != record) {
                                 d.upsert.push(record);
                             }
                         }
@@ -238,7 +244,7 @@ mod tests {
             .set_status("laptop-1", DeviceStatus::Quarantined, "alice", "lost")
             .unwrap();
         assert!(
-            until(&status, |s| s.device("laptop-1").map(|d| d.status)
+            until(&status, |s| s.device("laptop-1").map(|d| d.status())
                 == Some(DeviceStatus::Quarantined))
             .await,
             "a quarantine reaches the follower"

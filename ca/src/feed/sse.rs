@@ -1,4 +1,4 @@
-//! `GET /feed/v1/status[?stream=S&generation=G]`: the feed as Server-Sent Events (WHATWG HTML
+//! `GET /feed/v2/status[?stream=S&generation=G]`: the feed as Server-Sent Events (WHATWG HTML
 //! §9.2, `text/event-stream`). Only node certificates of this CA get it (see [`super::node`]);
 //! anyone else gets a bare 403 and our log says why. With `stream` and `generation` of a
 //! previous connection the subscriber resumes; otherwise it starts with a snapshot.
