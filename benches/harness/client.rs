@@ -1,5 +1,6 @@
-//! The load client: tokio + tokio-rustls + hyper's low-level HTTP/1.1 client connection,
-//! presenting the device certificate on every handshake.
+//! The load client: tokio + tokio-rustls, presenting the device certificate on every
+//! handshake; keep-alive requests are bare HTTP/1.1 ([`super::wire`]), one-shot requests go
+//! through hyper's low-level HTTP/1.1 client connection.
 //!
 //! Two modes, the two numbers the issue asks for:
 //! - keep-alive: `connections` long-lived connections, each issuing sequential GETs;
@@ -28,6 +29,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use super::wire;
 
 /// How requests map onto connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,10 +256,11 @@ async fn keepalive_worker(
 ) -> WorkerStats {
     let mut st = WorkerStats::default();
     while Instant::now() < deadline {
-        let (mut sender, conn) =
-            match tokio::time::timeout(spec.request_timeout, open(tls, spec.target, &mut st)).await
+        let mut stream =
+            match tokio::time::timeout(spec.request_timeout, connect(tls, spec.target, &mut st))
+                .await
             {
-                Ok(Ok(pair)) => pair,
+                Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     st.error(e);
                     // A refused connection would otherwise spin; errors are counted either way.
@@ -268,20 +272,25 @@ async fn keepalive_worker(
                     continue;
                 }
             };
-        let conn_task = tokio::spawn(conn);
+        let mut buf = bytes::BytesMut::with_capacity(4096);
         while Instant::now() < deadline {
-            // The server may close an idle keep-alive connection between two requests (e.g. a
-            // per-connection request limit); that is a reconnect, counted in `handshakes`, not
-            // an error. A failure *during* a request is an error.
-            if sender.ready().await.is_err() {
-                break;
-            }
             let started = Instant::now();
-            match tokio::time::timeout(spec.request_timeout, get(&mut sender, tls.host, false))
+            match tokio::time::timeout(spec.request_timeout, wire::exchange(&mut stream, &mut buf))
                 .await
             {
-                Ok(Ok(200)) => st.ok(started, measure_from),
-                Ok(Ok(status)) => st.error(format!("status {status}")),
+                Ok(Ok(r)) => {
+                    if r.status == 200 {
+                        st.ok(started, measure_from);
+                    } else {
+                        st.error(format!("status {}", r.status));
+                    }
+                    // The server may end a keep-alive connection after a response (a
+                    // per-connection request limit, as nginx's `keepalive_requests`): that is a
+                    // reconnect, counted in `handshakes`, not an error.
+                    if r.close {
+                        break;
+                    }
+                }
                 Ok(Err(e)) => {
                     st.error(e);
                     break;
@@ -292,8 +301,6 @@ async fn keepalive_worker(
                 }
             }
         }
-        drop(sender);
-        conn_task.abort();
     }
     st
 }
@@ -350,6 +357,18 @@ async fn open(
     target: SocketAddr,
     st: &mut WorkerStats,
 ) -> Result<(SendRequest<Empty<Bytes>>, Conn), String> {
+    let stream = connect(tls, target, st).await?;
+    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("http handshake: {e}"))
+}
+
+/// TCP connect and mTLS handshake.
+async fn connect(
+    tls: &ClientTls,
+    target: SocketAddr,
+    st: &mut WorkerStats,
+) -> Result<TlsStream<TcpStream>, String> {
     let tcp = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
@@ -360,9 +379,7 @@ async fn open(
         .await
         .map_err(|e| format!("tls: {e}"))?;
     st.handshake(&stream);
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http handshake: {e}"))
+    Ok(stream)
 }
 
 /// One GET, body read to the end; returns the status.

@@ -24,6 +24,7 @@ pub mod pki;
 pub mod report;
 pub mod sys;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,23 +1,17 @@
-//! The one upstream both proxies forward to: a minimal hyper HTTP/1.1 server on 127.0.0.1
-//! answering every request with a 2-byte body, on one dedicated thread so that its cost is the
-//! same, and small, for both proxies.
+//! The one upstream both proxies forward to: a bare HTTP/1.1 server ([`super::wire`]) on
+//! 127.0.0.1 answering every request with a 2-byte body, on one dedicated thread so that its
+//! cost is the same, and small, for both proxies.
 //!
 //! It also counts the identity each proxy passed on, so that a run proves the proxies did the
 //! comparable work they were configured for (Portcullis: `X-Portcullis-Assertion`; nginx:
 //! `X-Client-Verify: SUCCESS`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
 /// What the upstream saw, monotonic counters.
 #[derive(Debug, Default)]
@@ -124,41 +118,19 @@ async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let seen = seen.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(answer(&seen, &req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                connections.spawn(super::wire::serve(stream, move |r| {
+                    seen.requests.fetch_add(1, Ordering::Relaxed);
+                    if r.portcullis_identity {
+                        seen.portcullis_identity.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if r.nginx_verified {
+                        seen.nginx_verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
             }
             // Reap finished connection tasks so the set does not grow over a run.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     connections.abort_all();
-}
-
-fn answer(seen: &Seen, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    seen.requests.fetch_add(1, Ordering::Relaxed);
-    let headers = req.headers();
-    let non_empty = |name: &str| headers.get(name).is_some_and(|v| !v.is_empty());
-    if non_empty("x-portcullis-assertion") && non_empty("x-portcullis-device-id") {
-        seen.portcullis_identity.fetch_add(1, Ordering::Relaxed);
-    }
-    if headers
-        .get("x-client-verify")
-        .is_some_and(|v| v.as_bytes() == b"SUCCESS")
-    {
-        seen.nginx_verified.fetch_add(1, Ordering::Relaxed);
-    }
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    resp
 }
