@@ -24,11 +24,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::h1::client::IdleUpstreams;
 use crate::identity_headers::CertHeaders;
 use crate::memo::Memo;
 use crate::registry::Registration;
 use crate::tls::{handshake_failure_reason, HANDSHAKE_PEER};
-use crate::upstream_conn::IdleUpstreams;
 use crate::Shared;
 
 /// How long in-flight requests get to finish after shutdown starts.
