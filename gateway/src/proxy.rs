@@ -366,6 +366,8 @@ async fn process(
     };
     // The upstream request head, written once: the client's end-to-end fields, then the
     // gateway's (forwarding, identity, upgrade, Host, request id), then the framing.
+    // Upstreams speak HTTP/1.1: an HTTP/2 request is rewritten here (its pseudo-headers are
+    // the method and target, `:authority` becomes the Host written below).
     let mut head = RequestHead::new(
         &parts.method,
         target.path_and_query().map_or("/", |pq| pq.as_str()),
