@@ -1,9 +1,11 @@
 //! Identity passed upstream, and the stripping of every inbound copy of it.
 //!
-//! The upstream trusts these headers because only the gateway can set them: every inbound copy
-//! is removed first, whatever its case (HTTP/1 field names are case-insensitive, RFC 9110 §5.1;
+//! The upstream trusts these headers because only the gateway can set them: no inbound copy
+//! passes, whatever its case (HTTP/1 field names are case-insensitive, RFC 9110 §5.1;
 //! `http::HeaderMap` stores them lowercased, and HTTP/2 forbids uppercase names outright,
-//! RFC 9113 §8.2.1) and however often it is repeated (`HeaderMap::remove` removes every value).
+//! RFC 9113 §8.2.1) and however often it is repeated: the upstream request head is written by
+//! copying the client's fields one by one, and every field [`is_identity_header`] names is left
+//! out (`outbound.rs`) before the gateway's own are written.
 //!
 //! Values derived from the certificate are built once per connection ([`CertHeaders`]); values
 //! from the inventory (status, tags, owner, platform) follow the snapshot and are built per
@@ -47,12 +49,36 @@ const STRIPPED: &[&str] = &[
     "x-real-ip",
 ];
 
-fn is_identity_header(name: &str) -> bool {
+/// Whether an inbound field claims identity or client provenance and so never passes.
+pub(crate) fn is_identity_header(name: &str) -> bool {
     // `HeaderName::as_str` is always lowercase.
     name.starts_with("x-portcullis-") || STRIPPED.contains(&name)
 }
 
-/// Removes every inbound copy of every identity header.
+/// Where identity headers are set: the outbound request head as it is written
+/// (`h1::head::RequestHead`, inbound copies having been skipped while it was copied), or a
+/// `HeaderMap` (inbound copies removed by [`strip_inbound`] first).
+pub(crate) trait HeaderSink {
+    /// Sets `name` to `value`, replacing what the sink holds under `name`.
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue);
+}
+
+impl HeaderSink for HeaderMap {
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.insert(name.clone(), value.clone());
+    }
+}
+
+impl HeaderSink for crate::h1::head::RequestHead {
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue) {
+        // The head is written once, and every inbound copy of these names was left out.
+        self.header(name, value);
+    }
+}
+
+/// Removes every inbound copy of every identity header from a `HeaderMap` (the outbound head
+/// is written without them instead: `outbound::copy_end_to_end`).
+#[cfg(test)]
 pub(crate) fn strip_inbound(headers: &mut HeaderMap) {
     // Collect first: removal while iterating the keys is not possible. The common case (none
     // present) allocates nothing.
@@ -70,14 +96,15 @@ pub(crate) fn strip_inbound(headers: &mut HeaderMap) {
 /// than appends), `X-Forwarded-Proto: https` and `X-Forwarded-Host` (the host the client asked
 /// for). Call after [`strip_inbound`].
 pub(crate) fn set_forwarded(
-    headers: &mut HeaderMap,
+    headers: &mut impl HeaderSink,
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
 ) {
-    headers.insert(X_FORWARDED_FOR, client_ip.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    headers.set(&X_FORWARDED_FOR, client_ip);
+    headers.set(&X_FORWARDED_PROTO, &HTTPS);
     if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.set(&X_FORWARDED_HOST, host);
     }
 }
 
@@ -243,7 +270,7 @@ impl RecordHeaders {
 /// Adds the route's identity headers. `record` holds the values from the device's inventory
 /// record; `assertion` the signed JWT when the route asks for one.
 pub(crate) fn inject(
-    headers: &mut HeaderMap,
+    headers: &mut impl HeaderSink,
     choices: HeaderChoices,
     cert: &CertHeaders,
     record: &RecordHeaders,
@@ -251,35 +278,35 @@ pub(crate) fn inject(
 ) {
     if choices.plain {
         if let Some(id) = &cert.device_id {
-            headers.insert(DEVICE_ID, id.clone());
+            headers.set(&DEVICE_ID, id);
         }
-        headers.insert(DEVICE_SERIAL, cert.serial.clone());
-        headers.insert(DEVICE_FINGERPRINT, cert.fingerprint.clone());
+        headers.set(&DEVICE_SERIAL, &cert.serial);
+        headers.set(&DEVICE_FINGERPRINT, &cert.fingerprint);
         if let Some(status) = &record.status {
-            headers.insert(DEVICE_STATUS, status.clone());
+            headers.set(&DEVICE_STATUS, status);
         }
         if let Some(tags) = &record.tags {
-            headers.insert(DEVICE_TAGS, tags.clone());
+            headers.set(&DEVICE_TAGS, tags);
         }
         if let Some(owner) = &record.owner {
-            headers.insert(DEVICE_OWNER, owner.clone());
+            headers.set(&DEVICE_OWNER, owner);
         }
         // The inventory's platform wins over the one the certificate records.
         if let Some(platform) = record.platform.as_ref().or(cert.cert_platform.as_ref()) {
-            headers.insert(DEVICE_PLATFORM, platform.clone());
+            headers.set(&DEVICE_PLATFORM, platform);
         }
     }
     if choices.xfcc {
-        headers.insert(XFCC, cert.xfcc.clone());
+        headers.set(&XFCC, &cert.xfcc);
     }
     if choices.client_cert {
-        headers.insert(CLIENT_CERT, cert.client_cert.clone());
+        headers.set(&CLIENT_CERT, &cert.client_cert);
         if let Some(chain) = &cert.client_cert_chain {
-            headers.insert(CLIENT_CERT_CHAIN, chain.clone());
+            headers.set(&CLIENT_CERT_CHAIN, chain);
         }
     }
     if let Some(jwt) = assertion {
-        headers.insert(ASSERTION, jwt);
+        headers.set(&ASSERTION, &jwt);
     }
 }
 

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use portcullis_policy::{Decision, RequestFacts, StatusSnapshot, VerifyError};
@@ -19,14 +19,16 @@ use portcullis_policy::{Decision, RequestFacts, StatusSnapshot, VerifyError};
 use crate::assertion::JWKS_PATH;
 use crate::audit::{now_rfc3339, AuditRecord};
 use crate::body::{full, Guarded, RequestBody, ResponseBody};
+use crate::h1::client::{Outbound, Upgraded};
+use crate::h1::head::{Framing, RequestHead};
 use crate::identity_headers::{self, RecordHeaders};
 use crate::listener::ConnState;
 use crate::memo::DecisionMemo;
+use crate::outbound::{self, strip_hop_by_hop};
 use crate::response::{self, denied, generated, ProxyError, X_REQUEST_ID};
 use crate::routes::Route;
 use crate::upstream::UpstreamError;
-use crate::upstream_conn;
-use crate::{Shared, State};
+use crate::{h1, Shared, State};
 
 /// hyper's service entry point.
 pub(crate) async fn handle(
@@ -349,15 +351,29 @@ async fn process(
         Some(_) => parts.extensions.remove::<OnUpgrade>(),
         None => None,
     };
-    let mut headers = std::mem::take(&mut parts.headers);
-    // Room for what is added below, so that the map grows once at most.
-    headers.reserve(16);
-    strip_hop_by_hop(&mut headers, false);
-    identity_headers::strip_inbound(&mut headers);
-    identity_headers::set_forwarded(&mut headers, &conn.forwarded_for, Some(&host_value));
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut headers);
-    }
+    let target = match route.upstream.uri_for(parts.uri.path_and_query()) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return ctx.refuse(
+                Some(route),
+                StatusCode::BAD_REQUEST,
+                ProxyError::HttpRequestError,
+                "bad_path",
+                "bad request: path",
+                &e.to_string(),
+            )
+        }
+    };
+    // The upstream request head, written once: the client's end-to-end fields, then the
+    // gateway's (forwarding, identity, upgrade, Host, request id), then the framing.
+    // Upstreams speak HTTP/1.1: an HTTP/2 request is rewritten here (its pseudo-headers are
+    // the method and target, `:authority` becomes the Host written below).
+    let mut head = RequestHead::new(
+        &parts.method,
+        target.path_and_query().map_or("/", |pq| pq.as_str()),
+    );
+    outbound::copy_end_to_end(&mut head, &parts.headers, parts.version == Version::HTTP_2);
+    identity_headers::set_forwarded(&mut head, &conn.forwarded_for, Some(&host_value));
     if let (Some(identity), Some(cert)) = (conn.identity.as_ref(), conn.cert_headers.as_ref()) {
         let assertion = if route.headers.assertion {
             let record = identity
@@ -398,53 +414,40 @@ async fn process(
         } else {
             RecordHeaders::default()
         };
-        identity_headers::inject(&mut headers, route.headers, cert, &record, assertion);
+        identity_headers::inject(&mut head, route.headers, cert, &record, assertion);
     }
     if let Some(proto) = &upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
+        head.header(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
+        head.header(&header::UPGRADE, proto);
     }
-    let host_header = if route.preserve_host {
-        host_value.clone()
-    } else {
-        route.upstream.host_header.clone()
+    head.header(
+        &header::HOST,
+        if route.preserve_host {
+            &host_value
+        } else {
+            &route.upstream.host_header
+        },
+    );
+    head.header(&X_REQUEST_ID, &ctx.request_id);
+    let framing = request_framing(&body, &parts.headers);
+    let outbound = Outbound {
+        head: head.finish(framing),
+        framing,
+        head_request: parts.method == Method::HEAD,
+        replayable: framing == Framing::Empty && parts.method.is_idempotent(),
     };
-    headers.insert(header::HOST, host_header);
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    let uri = match route.upstream.uri_for(parts.uri.path_and_query()) {
-        Ok(uri) => uri,
-        Err(e) => {
-            return ctx.refuse(
-                Some(route),
-                StatusCode::BAD_REQUEST,
-                ProxyError::HttpRequestError,
-                "bad_path",
-                "bad request: path",
-                &e.to_string(),
-            )
-        }
-    };
-
     let (body, exceeded) = RequestBody::new(body, limit);
-    let mut outbound = Request::new(body);
-    *outbound.method_mut() = parts.method.clone();
-    *outbound.uri_mut() = uri;
-    // Upstreams speak HTTP/1.1: an HTTP/2 request is rewritten (its pseudo-headers are already
-    // in the URI and method, the Host header set above).
-    *outbound.version_mut() = Version::HTTP_11;
-    *outbound.headers_mut() = headers;
 
-    // Boxed: the future holds the upstream connection's request state and is large; moved
-    // into the timeout and the request's own future by value it cost more in copies than the
-    // allocation does.
-    let sending = Box::pin(upstream_conn::send(
+    // Boxed: the future holds the request's state and is large; moved into the timeout and
+    // the request's own future by value it cost more in copies than the allocation does.
+    let sending = Box::pin(h1::client::send(
         &conn.upstreams,
         &route.upstream.target,
         outbound,
-        upgrade.is_some(),
+        body,
     ));
     let sent = tokio::time::timeout(state.limits.upstream_timeout, sending).await;
-    let mut upstream_response = match sent {
+    let (upstream_head, mut upstream_body) = match sent {
         Err(_) => {
             return ctx.fail(
                 route,
@@ -484,10 +487,12 @@ async fn process(
         Ok(Ok(resp)) => resp,
     };
 
-    let status = upstream_response.status();
+    let status = upstream_head.status;
     let is_switch = status == StatusCode::SWITCHING_PROTOCOLS;
     if is_switch {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(upstream_io)) =
+            (client_upgrade, upstream_body.take_upgraded())
+        else {
             return ctx.fail(
                 route,
                 StatusCode::BAD_GATEWAY,
@@ -497,26 +502,20 @@ async fn process(
                 "upstream switched protocols without an Upgrade request",
             );
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
-        spawn_tunnel(shared, conn, client_upgrade, upstream_upgrade);
+        spawn_tunnel(shared, conn, client_upgrade, upstream_io);
     }
-    let (mut resp_parts, resp_body) = upstream_response.into_parts();
+    let mut resp_headers = upstream_head.headers;
     let upgrade_reply = if is_switch {
-        resp_parts.headers.get(header::UPGRADE).cloned()
+        resp_headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    strip_hop_by_hop(&mut resp_parts.headers, true);
+    strip_hop_by_hop(&mut resp_headers, true);
     if let Some(proto) = upgrade_reply {
-        resp_parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        resp_parts.headers.insert(header::UPGRADE, proto);
+        resp_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp_headers.insert(header::UPGRADE, proto);
     }
-    resp_parts
-        .headers
-        .insert(X_REQUEST_ID, ctx.request_id.clone());
-    resp_parts.extensions = http::Extensions::new();
+    resp_headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     ctx.finish(
         Some(route),
         "allow",
@@ -525,30 +524,48 @@ async fn process(
         status,
         Some(status.as_u16()),
     );
-    Response::from_parts(resp_parts, resp_body.boxed_unsync())
+    let mut response = Response::new(upstream_body.boxed_unsync());
+    *response.status_mut() = status;
+    // An HTTP/1.0 upstream's answer goes out as HTTP/1.0 to an HTTP/1.1 client, as before.
+    *response.version_mut() = upstream_head.version;
+    *response.headers_mut() = resp_headers;
+    response
+}
+
+/// How the request body goes upstream: as it came when its length is known (an HTTP/1.1
+/// `Content-Length`, or an HTTP/2 one), chunked otherwise; a declared `Content-Length: 0`
+/// is passed on.
+fn request_framing(body: &Incoming, headers: &HeaderMap) -> Framing {
+    if body.is_end_stream() {
+        return if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(0)
+        } else {
+            Framing::Empty
+        };
+    }
+    match body.size_hint().exact() {
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    }
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
 /// either side closes, the device is cut, or shutdown starts.
-fn spawn_tunnel(shared: &Shared, conn: &Arc<ConnState>, client: OnUpgrade, upstream: OnUpgrade) {
+fn spawn_tunnel(shared: &Shared, conn: &Arc<ConnState>, client: OnUpgrade, upstream: Upgraded) {
     // The tunnel keeps the connection state (and so its registry entry) alive: a status change
     // cuts it through the child token.
     let conn = conn.clone();
     let cut = conn.cut.child_token();
     shared.tasks.spawn(async move {
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_error = ?c.err(),
-                    upstream_error = ?u.err(),
-                    "upgrade did not complete"
-                );
+        let client = match client.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(client_error = %e, "upgrade did not complete");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let mut upstream = upstream;
         tokio::select! {
             _ = cut.cancelled() => {
                 tracing::info!(peer = %conn.peer, "tunnel cut: device no longer trusted");
@@ -707,57 +724,6 @@ fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
     parts.headers.get(header::UPGRADE).cloned()
 }
 
-/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
-/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`, and in
-/// requests every `Proxy-*` field (credentials meant for this hop). An upgrade puts its own
-/// `Connection: upgrade` / `Upgrade` back afterwards.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, is_response: bool) {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    let is_hop = |n: &HeaderName| {
-        *n == header::CONNECTION
-            || *n == header::TE
-            || *n == header::TRANSFER_ENCODING
-            || *n == header::UPGRADE
-            || *n == header::TRAILER
-            || *n == KEEP_ALIVE
-            || *n == PROXY_CONNECTION
-            || (n.as_str().starts_with("proxy-") && !(is_response && n == "proxy-status"))
-    };
-    // One pass over the names first: most messages carry none of these, and removing an
-    // absent name still costs a hash and a probe per name.
-    if !headers.keys().any(is_hop) {
-        return;
-    }
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    doomed.extend(headers.keys().filter(|n| is_hop(n)).cloned());
-    for name in doomed {
-        headers.remove(name);
-    }
-}
-
-/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
-fn join_cookies(headers: &mut HeaderMap) {
-    let values: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if values.len() < 2 {
-        return;
-    }
-    let joined = values.join(&b"; "[..]);
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
 /// Every error in `e`'s chain, looking inside `io::Error`s that wrap another error (their
 /// `source()` skips the wrapped error itself; tokio-rustls and hyper-util nest them).
 fn each_cause<'a>(
@@ -807,7 +773,7 @@ fn classify_upstream_error(e: &UpstreamError) -> (ProxyError, &'static str) {
             ),
         },
         UpstreamError::Tls(_) => (ProxyError::TlsProtocolError, "upstream_tls"),
-        UpstreamError::Handshake(_) | UpstreamError::Http(_) => {
+        UpstreamError::Io(_) | UpstreamError::Protocol(_) | UpstreamError::RequestBody(_) => {
             (ProxyError::HttpProtocolError, "upstream_error")
         }
     }
@@ -913,7 +879,7 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_detection_and_cookie_join() {
+    fn upgrade_detection() {
         let p = parts(
             Request::get("/ws")
                 .header("connection", "keep-alive, Upgrade")
@@ -925,11 +891,5 @@ mod tests {
         );
         let p = parts(Request::get("/ws").header("upgrade", "websocket"));
         assert_eq!(upgrade_protocol(&p), None);
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
-        join_cookies(&mut h);
-        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-        assert_eq!(h[header::COOKIE], "a=1; b=2");
     }
 }

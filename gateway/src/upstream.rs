@@ -5,7 +5,7 @@
 //! Upstreams are spoken to in HTTP/1.1 only (ALPN `http/1.1`): it is what every app server
 //! speaks, it keeps `Upgrade` (WebSocket) a plain hop, and an HTTP/2 client request is rewritten
 //! to HTTP/1.1 on the way (see `proxy.rs`). The connections themselves belong to the client
-//! connection that uses them (`upstream_conn.rs`).
+//! connection that uses them and are spoken to by the gateway's own HTTP/1.1 client (`h1/`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -134,10 +134,12 @@ pub(crate) enum UpstreamError {
     Connect(#[source] io::Error),
     #[error("upstream TLS handshake failed")]
     Tls(#[source] io::Error),
-    #[error("upstream HTTP/1.1 handshake failed")]
-    Handshake(#[source] hyper::Error),
-    #[error("upstream request failed")]
-    Http(#[source] hyper::Error),
+    #[error("upstream connection failed")]
+    Io(#[source] io::Error),
+    #[error("invalid HTTP/1.1 exchange with the upstream")]
+    Protocol(#[source] crate::h1::ProtocolError),
+    #[error("the request body failed")]
+    RequestBody(#[source] crate::body::BoxError),
 }
 
 /// One upstream endpoint: a route's `to` with the TLS settings it is reached with. Shared by
@@ -254,7 +256,7 @@ impl AsyncWrite for UpstreamIo {
         }
     }
 
-    // hyper writes head and body with one `writev` when the stream supports it.
+    // The h1 client writes head and body with one `writev` when the stream supports it.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -937,6 +937,79 @@ async fn upstream_failures_map_to_502_504_and_streamed_bodies_to_413() {
     gw.stop().await;
 }
 
+/// An upstream that answers every request head with `answer` and keeps the connection open.
+async fn canned_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.clear();
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shaped_upstream_responses_become_502() {
+    let f = fixture().await;
+    let status = Arc::new(StatusStore::new(inventory(&[(
+        "SN-1",
+        DeviceStatus::Active,
+    )])));
+    let shapes: [(&str, &'static [u8]); 3] = [
+        (
+            "/both",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "/lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+        (
+            "/coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxyz",
+        ),
+    ];
+    let mut routes = Vec::new();
+    for (prefix, answer) in shapes {
+        let mut r = route(&f, &prefix[1..], prefix, vec![Criterion::Accept(true)]);
+        r.to = format!("http://{}", canned_upstream(answer).await);
+        routes.push(r);
+    }
+    let cfg = config(&f, ClientAuth::Required, routes);
+    let gw = start(&cfg, status);
+    let addr = gw.gateway.local_addr();
+    let dev = device(&f.root, "SN-1");
+    let c = client(&f.root, Some(&dev), false);
+    for (prefix, _) in shapes {
+        let (code, headers, _) = get(&c, addr, prefix, &[]).await.expect("req");
+        assert_eq!(code, StatusCode::BAD_GATEWAY, "{prefix}");
+        assert_eq!(
+            headers["proxy-status"],
+            "portcullis; error=http_protocol_error; details=\"upstream_error\"",
+            "{prefix}"
+        );
+    }
+    gw.stop().await;
+}
+
 /// An https upstream that requires a client certificate and echoes whether it saw one.
 async fn tls_upstream(f: &Fixture, upstream_ca: &Ca) -> SocketAddr {
     let server = leaf(
