@@ -179,7 +179,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 let config = c.config()?;
                 warn_software(&config);
                 tokio::select! {
-                    r = portcullis_agent::run(&config, &SystemClock) => r.map(|()| ()),
+                    r = portcullis_agent::run(&config, &SystemClock) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
                 .map_err(anyhow::Error::from)

@@ -297,10 +297,8 @@ mod tests {
         );
         let cfg = ca_config(
             dir.path(),
-            &format!(
-                "[ca.templates.device]\nlifetime = \"2h\"\n\
-                 [ca.attestation]\nstep_roots = [\"step.pem\"]\nek_roots = [\"step.pem\"]\nallow_sha1_tpm = true\n"
-            ),
+            "[ca.templates.device]\nlifetime = \"2h\"\n\
+             [ca.attestation]\nstep_roots = [\"step.pem\"]\nek_roots = [\"step.pem\"]\nallow_sha1_tpm = true\n",
         );
         let s = settings(&cfg, "portcullis.local").unwrap();
         let enroll = enroll_settings(&cfg).unwrap();

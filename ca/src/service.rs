@@ -304,8 +304,10 @@ impl Ca {
         // device certificate passes the handshake but is neither a node nor an admin.
         let mut verifiers = vec![tls::client_verifier(&[self.root_der()])?];
         verifiers.extend(self.admin.as_ref().and_then(|a| a.client_verifier()));
-        let config =
-            tls::server_config_with_client_auth(Arc::new(certs), Some(tls::AnyOf::new(verifiers)))?;
+        let config = tls::server_config_with_client_auth(
+            Arc::new(certs),
+            Some(tls::AnyOf::verifier(verifiers)),
+        )?;
         let Some(addr) = self.settings.http_listen else {
             tls::serve_tls(listener, self.router(), config, shutdown).await;
             return Ok(());

@@ -191,7 +191,7 @@ pub struct AnyOf {
 
 impl AnyOf {
     /// `verifiers` must not be empty; all must allow unauthenticated clients.
-    pub fn new(verifiers: Vec<Arc<dyn ClientCertVerifier>>) -> Arc<dyn ClientCertVerifier> {
+    pub fn verifier(verifiers: Vec<Arc<dyn ClientCertVerifier>>) -> Arc<dyn ClientCertVerifier> {
         if verifiers.len() == 1 {
             return verifiers[0].clone();
         }
