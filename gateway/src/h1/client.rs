@@ -677,6 +677,18 @@ mod tests {
         Ok(body.collect().await?.to_bytes())
     }
 
+    /// A GET without a body through [`send`].
+    async fn try_get(
+        idle: &Arc<IdleUpstreams>,
+        target: &Arc<Target>,
+    ) -> Result<(ResponseHead, UpstreamBody), UpstreamError> {
+        send(idle, target, outbound(Method::GET, Framing::Empty), empty()).await
+    }
+
+    async fn get(idle: &Arc<IdleUpstreams>, target: &Arc<Target>) -> (ResponseHead, UpstreamBody) {
+        try_get(idle, target).await.expect("exchange")
+    }
+
     #[tokio::test]
     async fn bodies_both_ways_and_the_connection_is_reused() {
         let (addr, accepted) = echo_upstream().await;
@@ -745,33 +757,12 @@ mod tests {
         .await;
         let target = target(addr);
         let idle = Arc::new(IdleUpstreams::default());
-        let (head, body) = send(
-            &idle,
-            &target,
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("exchange");
+        let (head, body) = get(&idle, &target).await;
         assert_eq!(head.status, 200, "the 100 is consumed");
         assert_eq!(body_of(body).await.expect("body"), "ok");
-        let (_, body) = send(
-            &idle,
-            &target,
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("exchange");
+        let (_, body) = get(&idle, &target).await;
         assert_eq!(body_of(body).await.expect("body"), "abcde");
-        let (head, body) = send(
-            &idle,
-            &target,
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("exchange");
+        let (head, body) = get(&idle, &target).await;
         assert!(!head.keep_alive);
         assert_eq!(body_of(body).await.expect("body"), "until close");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -789,14 +780,7 @@ mod tests {
         let target = target(addr);
         let idle = Arc::new(IdleUpstreams::default());
         for _ in 0..3 {
-            let (_, body) = send(
-                &idle,
-                &target,
-                outbound(Method::GET, Framing::Empty),
-                empty(),
-            )
-            .await
-            .expect("exchange");
+            let (_, body) = get(&idle, &target).await;
             assert_eq!(body_of(body).await.expect("body"), "a");
             // Let the close arrive (the race itself is covered by the retry).
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -811,13 +795,7 @@ mod tests {
         ])
         .await;
         let idle = Arc::new(IdleUpstreams::default());
-        let result = send(
-            &idle,
-            &target(addr),
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await;
+        let result = try_get(&idle, &target(addr)).await;
         assert!(matches!(
             result,
             Err(UpstreamError::Protocol(
@@ -828,24 +806,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ])
         .await;
-        let (_, body) = send(
-            &idle,
-            &target(addr),
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("head is fine");
+        let (_, body) = get(&idle, &target(addr)).await;
         assert!(body_of(body).await.is_err(), "bad chunk size");
         let (addr, _) = scripted(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"]).await;
-        let (_, body) = send(
-            &idle,
-            &target(addr),
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("head is fine");
+        let (_, body) = get(&idle, &target(addr)).await;
         assert!(body_of(body).await.is_err(), "closed inside the body");
     }
 
@@ -856,14 +820,7 @@ mod tests {
         ])
         .await;
         let idle = Arc::new(IdleUpstreams::default());
-        let (head, mut body) = send(
-            &idle,
-            &target(addr),
-            outbound(Method::GET, Framing::Empty),
-            empty(),
-        )
-        .await
-        .expect("exchange");
+        let (head, mut body) = get(&idle, &target(addr)).await;
         assert_eq!(head.status, 101);
         let mut upgraded = body.take_upgraded().expect("upgraded stream");
         let mut buf = [0u8; 7];
