@@ -6,6 +6,7 @@ pub mod agent_cli;
 pub mod attest_cli;
 pub mod demo_upstream;
 pub mod devpki;
+pub mod feed_state;
 pub mod inspect;
 pub mod inventory_cli;
 pub mod node_cli;

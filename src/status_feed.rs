@@ -23,6 +23,8 @@ use portcullis_policy::feed::MAX_EVENT_BYTES;
 use portcullis_policy::{FeedError, FeedEvent, Follower, Freshness, StatusStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use crate::feed_state::StateFile;
+
 const STALENESS_CHECK: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -220,6 +222,13 @@ impl SseParser {
 /// Follows the feed until `shutdown`, keeping `status` current.
 pub async fn follow(mut client: FeedClient, status: Arc<StatusStore>, shutdown: CancellationToken) {
     let mut follower = Follower::new(status.clone());
+    let mut state = client.config.state_file.as_deref().map(StateFile::new);
+    if let Some(state) = state.as_mut() {
+        if state.restore(&mut follower).is_some() {
+            retire(follower.take_retired());
+            check(&mut follower, &status);
+        }
+    }
     let mut backoff = Duration::from_millis(100);
     let mut staleness = tokio::time::interval(STALENESS_CHECK);
     staleness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,7 +242,15 @@ pub async fn follow(mut client: FeedClient, status: Arc<StatusStore>, shutdown: 
             Ok(body) => {
                 tracing::info!(url = %client.url, resume = since.is_some(), "status feed connected");
                 backoff = Duration::from_millis(100);
-                read(body, &mut follower, &status, &mut staleness, &shutdown).await
+                read(
+                    body,
+                    &mut follower,
+                    &status,
+                    &mut state,
+                    &mut staleness,
+                    &shutdown,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -267,6 +284,7 @@ async fn read(
     mut body: hyper::body::Incoming,
     follower: &mut Follower,
     status: &StatusStore,
+    state: &mut Option<StateFile>,
     staleness: &mut tokio::time::Interval,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -302,6 +320,9 @@ async fn read(
             }
             apply(follower, event)?;
             retire(follower.take_retired());
+        }
+        if let Some(state) = state.as_mut() {
+            state.save(follower);
         }
     }
 }

@@ -45,6 +45,12 @@ pub struct StatusFeedConfig {
     pub max_staleness: Duration,
     #[serde(default)]
     pub mode: StaleMode,
+    /// Where to keep the last state heard (written 0600 after every change; read at start).
+    /// Without it, a point restarted while the CA is unreachable knows no device and refuses
+    /// everyone until the CA answers; with it, it starts from that state, counted as heard
+    /// when the file was written, so `mode` decides as for any silence.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 fn default_max_staleness() -> Duration {

@@ -182,6 +182,36 @@ impl FeedEvent {
     }
 }
 
+/// The events that reproduce `snapshot` of `stream` at `generation` in a new [`Follower`]:
+/// a hello, the snapshot head, its devices in chunks, the end. Walks the whole table: call it
+/// off the async workers for a large fleet.
+pub fn state_events<'a>(
+    stream: &str,
+    generation: u64,
+    snapshot: &'a StatusSnapshot,
+) -> impl Iterator<Item = FeedEvent> + 'a {
+    let head = [
+        FeedEvent::Hello(Hello {
+            stream: stream.to_string(),
+            generation,
+            resume: false,
+            heartbeat_ms: 0,
+        }),
+        FeedEvent::Snapshot(SnapshotHead {
+            generation,
+            devices: snapshot.device_count(),
+            revoked: snapshot.revoked_serials().iter().cloned().collect(),
+        }),
+    ];
+    head.into_iter()
+        .chain(
+            snapshot
+                .device_chunks(SNAPSHOT_CHUNK)
+                .map(FeedEvent::Devices),
+        )
+        .chain(std::iter::once(FeedEvent::SnapshotEnd(Beat { generation })))
+}
+
 /// Above this many devices a replaced snapshot is freed later, on another thread.
 const LARGE_SNAPSHOT: usize = 50_000;
 /// Long enough for requests that loaded the old snapshot to finish their decision.
@@ -252,6 +282,14 @@ impl Follower {
     /// so the caller can free them off the request path.
     pub fn take_retired(&mut self) -> Vec<Arc<StatusSnapshot>> {
         std::mem::take(&mut self.retired)
+    }
+
+    /// The last state heard: stream, generation and snapshot (`None` before the first
+    /// snapshot). A strict point's refusal while stale is not part of it. With
+    /// [`state_events`] an enforcement point keeps it on disk and replays it at its next start.
+    pub fn last_heard(&self) -> Option<(&str, u64, &Arc<StatusSnapshot>)> {
+        let (stream, generation) = self.position.as_ref()?;
+        Some((stream, *generation, &self.good))
     }
 
     /// What to ask the source to resume from.
@@ -454,6 +492,47 @@ mod tests {
             resume,
             heartbeat_ms: 1000,
         })
+    }
+
+    #[test]
+    fn the_state_a_follower_heard_replays_into_a_new_one() {
+        let first = Arc::new(StatusStore::new(StatusSnapshot::default()));
+        let mut follower = Follower::new(first.clone());
+        assert!(follower.last_heard().is_none(), "nothing heard yet");
+        follower.on_event(hello("s1", 4, false), t(0)).unwrap();
+        for e in snapshot_events(4, vec![rec("a", DeviceStatus::Active)]) {
+            follower.on_event(e, t(0)).unwrap();
+        }
+        let delta = Delta {
+            generation: 5,
+            upsert: vec![rec("b", DeviceStatus::Quarantined)],
+            revoke: vec!["0b".into()],
+            ..Delta::default()
+        };
+        follower
+            .on_event(FeedEvent::Delta(Arc::new(delta)), t(1))
+            .unwrap();
+        let (stream, generation, snapshot) = follower.last_heard().unwrap();
+        assert_eq!((stream, generation), ("s1", 5));
+        let events: Vec<FeedEvent> = state_events(stream, generation, snapshot).collect();
+
+        // Through the wire form, as the file keeps it.
+        let second = Arc::new(StatusStore::new(StatusSnapshot::default()));
+        let mut restored = Follower::new(second.clone());
+        for e in events {
+            let e = FeedEvent::parse(e.name(), &e.data()).unwrap();
+            restored.on_event(e, t(9)).unwrap();
+        }
+        assert_eq!(restored.position(), Some(("s1", 5)));
+        let (a, b) = (first.current(), second.current());
+        assert_eq!(b.generation, 5);
+        assert_eq!(b.device_count(), 2);
+        assert_eq!(
+            b.device("b").map(|d| d.status()),
+            Some(DeviceStatus::Quarantined)
+        );
+        assert_eq!(a.revoked_serials(), b.revoked_serials());
+        assert!(b.is_serial_revoked("0b"));
     }
 
     fn snapshot_events(generation: u64, devices: Vec<DeviceRecord>) -> Vec<FeedEvent> {

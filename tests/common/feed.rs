@@ -211,6 +211,17 @@ tokens_file = "{tokens}"
     }
 
     pub fn gateway(&self, name: &str, mode: &str) -> Gateway {
+        self.start_gateway(name, &self.gateway_config(name, mode, ""))
+    }
+
+    /// Starts (or restarts) gateway `name` from `config`.
+    pub fn start_gateway(&self, name: &str, config: &Path) -> Gateway {
+        Gateway::start(config, &self.dir.path().join(format!("{name}.log")))
+    }
+
+    /// Writes the config of gateway `name` (and its node certificate); `status_feed_extra`
+    /// is added to its `[status_feed]` section.
+    pub fn gateway_config(&self, name: &str, mode: &str, status_feed_extra: &str) -> PathBuf {
         let out = self.dir.path().join("nodes");
         self.node_cert(name);
         let config = self.dir.path().join(format!("{name}.toml"));
@@ -229,6 +240,7 @@ cert = "{nodes}/{name}.pem"
 key = "{nodes}/{name}.key"
 max_staleness = "2s"
 mode = "{mode}"
+{status_feed_extra}
 
 [log]
 format = "json"
@@ -262,7 +274,7 @@ allow = [{{ tag = "eng" }}]
             ),
         )
         .unwrap();
-        Gateway::start(&config, &self.dir.path().join(format!("{name}.log")))
+        config
     }
 
     pub fn audit(&self, name: &str) -> PathBuf {
