@@ -430,4 +430,47 @@ mod tests {
         let big = vec![b'a'; MAX_EVENT_BYTES + 1];
         assert!(p.push(&big).is_err());
     }
+
+    /// A heavy delta on a multi-thread runtime goes through `block_in_place` (the path the
+    /// current-thread tests never take) and lands like any other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heavy_delta_is_applied_off_the_worker() {
+        use portcullis_policy::feed::{Beat, Hello, SnapshotHead, HEAVY_DELTA};
+        use portcullis_policy::{Delta, DeviceRecord, DeviceStatus, StatusSnapshot};
+        let store = Arc::new(StatusStore::new(StatusSnapshot::default()));
+        let mut follower = Follower::new(store.clone());
+        let record = |i: usize, status| DeviceRecord {
+            id: format!("dev-{i}"),
+            status,
+            tags: Default::default(),
+            owner: None,
+            platform: None,
+        };
+        let hello = FeedEvent::Hello(Hello {
+            stream: "s".into(),
+            generation: 1,
+            resume: false,
+            heartbeat_ms: 500,
+        });
+        let head = FeedEvent::Snapshot(SnapshotHead {
+            generation: 1,
+            devices: 0,
+            revoked: Vec::new(),
+        });
+        let end = FeedEvent::SnapshotEnd(Beat { generation: 1 });
+        for event in [hello, head, end] {
+            apply(&mut follower, event).unwrap();
+        }
+        let delta = FeedEvent::Delta(Arc::new(Delta {
+            generation: 2,
+            upsert: (0..=HEAVY_DELTA)
+                .map(|i| record(i, DeviceStatus::Active))
+                .collect(),
+            ..Delta::default()
+        }));
+        assert!(delta.is_heavy());
+        apply(&mut follower, delta).unwrap();
+        let now = store.current();
+        assert_eq!((now.generation, now.device_count()), (2, HEAVY_DELTA + 1));
+    }
 }
