@@ -603,44 +603,12 @@ mod tests {
         }
     }
 
-    /// A scripted upstream: on each connection, for each canned answer, waits for the end
-    /// of a request head (requests without bodies), then writes the answer; closes after the
-    /// last one. Counts connections.
-    async fn scripted(answers: Vec<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let answers = answers.clone();
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    for answer in answers {
-                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut buf = [0u8; 4096];
-                            match tcp.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        seen.clear();
-                        if tcp.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    /// A hyper HTTP/1.1 upstream that echoes the request body and its framing fields.
-    async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-        use hyper::service::service_fn;
+    /// A loopback upstream: each connection is counted and served by `serve` on a task.
+    async fn upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -650,27 +618,59 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                            let framing = if req.headers().contains_key("transfer-encoding") {
-                                "chunked"
-                            } else {
-                                "length"
-                            };
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let mut resp = http::Response::new(Full::new(body));
-                            resp.headers_mut()
-                                .insert("x-framing", http::HeaderValue::from_static(framing));
-                            Ok::<_, hyper::Error>(resp)
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
-                });
+                tokio::spawn(serve(tcp));
             }
         });
         (addr, accepted)
+    }
+
+    /// A scripted upstream: on each connection, for each canned answer, waits for the end
+    /// of a request head (requests without bodies), then writes the answer; closes after the
+    /// last one. Counts connections.
+    async fn scripted(answers: Vec<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
+        upstream(move |mut tcp| {
+            let answers = answers.clone();
+            async move {
+                let mut seen = Vec::new();
+                for answer in answers {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 4096];
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// A hyper HTTP/1.1 upstream that echoes the request body and its framing fields.
+    async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        use hyper::service::service_fn;
+        upstream(|tcp| async move {
+            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let framing = if req.headers().contains_key("transfer-encoding") {
+                    "chunked"
+                } else {
+                    "length"
+                };
+                let body = req.into_body().collect().await?.to_bytes();
+                let mut resp = http::Response::new(Full::new(body));
+                resp.headers_mut()
+                    .insert("x-framing", http::HeaderValue::from_static(framing));
+                Ok::<_, hyper::Error>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        })
+        .await
     }
 
     async fn body_of(body: UpstreamBody) -> Result<Bytes, BoxError> {
