@@ -27,14 +27,13 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName, is_response: bool) -> bool {
         || (name.as_str().starts_with("proxy-") && !(is_response && name == "proxy-status"))
 }
 
-/// Whether one of the `Connection` values names `name` (its tokens are field names, RFC 9110
-/// §7.6.1; compared without regard to case).
-fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-        })
+/// Whether one of the values of `name` lists `token` (comma-separated tokens compared
+/// without regard to case, RFC 9110 §5.6.1) — e.g. a field named by `Connection` (§7.6.1).
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
     })
 }
 
@@ -75,7 +74,7 @@ pub(crate) fn copy_end_to_end(head: &mut RequestHead, headers: &HeaderMap, join_
             || *name == header::HOST
             || *name == X_REQUEST_ID
             || *name == header::CONTENT_LENGTH
-            || (has_connection && named_by_connection(headers, name))
+            || (has_connection && has_token(headers, header::CONNECTION, name.as_str()))
         {
             continue;
         }

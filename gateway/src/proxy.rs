@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -24,7 +24,7 @@ use crate::h1::head::{Framing, RequestHead};
 use crate::identity_headers::{self, RecordHeaders};
 use crate::listener::ConnState;
 use crate::memo::DecisionMemo;
-use crate::outbound::{self, strip_hop_by_hop};
+use crate::outbound::{self, has_token, strip_hop_by_hop};
 use crate::response::{self, denied, generated, ProxyError, X_REQUEST_ID};
 use crate::routes::Route;
 use crate::upstream::UpstreamError;
@@ -705,14 +705,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
 /// The protocol of an HTTP/1.1 `Upgrade` request (RFC 9110 §7.8), if this is one.
 fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
     if parts.version != Version::HTTP_11 {
@@ -793,6 +785,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     fn parts(build: http::request::Builder) -> Parts {
         build.body(()).expect("request").into_parts().0
