@@ -285,24 +285,12 @@ tokens_file = "{tokens}"
 [ca.attestation]
 ek_roots = ["{ek_roots}"]
 
-[gateway]
-listen = "127.0.0.1:0"
-cert = "{cert}"
-key = "{key}"
-worker_threads = 2
-
-[[gateway.routes]]
-name = "app"
-from = "localhost"
-to = "http://{upstream}"
-allow = [{{ tag = "eng" }}]
-"#,
+{gateway}"#,
                 audit = dir.path().join("audit.log").display(),
                 data = data.display(),
                 tokens = tokens.display(),
                 ek_roots = ek_roots.display(),
-                cert = server_cert.display(),
-                key = server_key.display(),
+                gateway = common::eng_gateway_toml(&server_cert, &server_key, upstream),
             ),
         )
         .unwrap();

@@ -252,25 +252,12 @@ sink = "{audit}"
 [admin]
 listen = "127.0.0.1:0"
 
-[gateway]
-listen = "127.0.0.1:0"
-cert = "{cert}"
-key = "{key}"
-worker_threads = 2
-
-[[gateway.routes]]
-name = "app"
-from = "localhost"
-to = "http://{upstream}"
-allow = [{{ tag = "eng" }}]
-"#,
+{gateway}"#,
                 bundle = self.bundle.display(),
                 port = self.ca_port,
                 nodes = out.display(),
                 audit = self.audit(name).display(),
-                cert = server.cert.display(),
-                key = server.key.display(),
-                upstream = self.upstream,
+                gateway = super::eng_gateway_toml(&server.cert, &server.key, self.upstream),
             ),
         )
         .unwrap();

@@ -290,6 +290,27 @@ pub fn demo_upstream(workers: usize) -> (tokio::runtime::Runtime, SocketAddr, Ca
     (rt, upstream, stop)
 }
 
+/// The `[gateway]` of the end-to-end labs: a loopback listener with `cert`/`key`, two
+/// workers, one route `app` for `localhost` to `upstream` allowing devices tagged `eng`.
+pub fn eng_gateway_toml(cert: &Path, key: &Path, upstream: SocketAddr) -> String {
+    format!(
+        r#"[gateway]
+listen = "127.0.0.1:0"
+cert = "{cert}"
+key = "{key}"
+worker_threads = 2
+
+[[gateway.routes]]
+name = "app"
+from = "localhost"
+to = "http://{upstream}"
+allow = [{{ tag = "eng" }}]
+"#,
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
 pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text).expect("write temp file");
